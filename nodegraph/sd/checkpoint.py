@@ -1,0 +1,180 @@
+"""Loading single-file SD 1.x checkpoints in their original layout, with no conversion step.
+
+Each part's architecture is inferred from tensor shapes, the modules are built on the meta device, and the file's
+tensors are assigned straight into them by one strict `load_state_dict` per part: the module attribute names are the
+checkpoint's key paths. Memory stays lean: safetensors memory-maps the file and each tensor is converted once.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ..device import pick_device, pick_dtype, pick_vae_dtype
+from .clip import TextEncoder, TextEncoderConfig
+from .tokenizer import Tokenizer
+from .unet import UNet, UNetConfig
+from .vae import VAE, VAEConfig
+
+LATENT_SCALE = 0.18215
+PARTS = {  # part -> (key prefix in the file, module class, config class)
+    "unet": ("model.diffusion_model.", UNet, UNetConfig),
+    "vae": ("first_stage_model.", VAE, VAEConfig),
+    "text_encoder": ("cond_stage_model.transformer.", TextEncoder, TextEncoderConfig),
+}
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
+
+
+class CheckpointError(ValueError):
+    def __init__(self, path, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+        self.problem = problem
+
+
+@dataclass
+class StableDiffusion:
+    tokenizer: Tokenizer
+    text_encoder: TextEncoder
+    unet: UNet
+    vae: VAE
+    device: torch.device
+    dtype: torch.dtype
+    latent_scale: float = LATENT_SCALE
+
+    @torch.no_grad()
+    def encode_prompt(self, texts: list[str]) -> torch.Tensor:
+        """Tokenize and encode prompts -> float32 CPU conditioning [B,77,C]."""
+        return self.text_encoder(self.tokenizer(texts).to(self.device)).float().cpu()
+
+
+class TensorFile:
+    """A checkpoint's tensors, read one at a time on demand: `shapes` holds meta tensors for config inference, so
+    no weight is in memory before it is converted and placed, and none twice."""
+
+    def __init__(self, path: Path, allow_pickle: bool = False):
+        self.path = path
+        if not path.is_file():
+            raise CheckpointError(path, "no such file")
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            self._open_pickle(allow_pickle)
+        else:
+            self._open_safetensors()
+
+    def _open_pickle(self, allow_pickle: bool) -> None:
+        if not allow_pickle:
+            raise CheckpointError(self.path, f"'{self.path.suffix}' files are Python pickles, which can run code when "
+                                             "loaded; convert it to .safetensors, or opt in with allow_pickle=True")
+        try:
+            data = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as error:
+            raise CheckpointError(self.path, f"cannot read as a weights-only torch file: {error}") from error
+        tensors = data.get("state_dict", data)
+        self.shapes = {key: torch.empty(t.shape, dtype=t.dtype, device="meta") for key, t in tensors.items() if isinstance(t, torch.Tensor)}
+        self.get = tensors.__getitem__
+
+    def _open_safetensors(self) -> None:
+        try:
+            self._file = safe_open(self.path, framework="pt", device="cpu")
+            self.shapes = {}
+            for key in self._file.keys():
+                tensor_slice = self._file.get_slice(key)
+                self.shapes[key] = torch.empty(tensor_slice.get_shape(), device="meta")
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(self.path, f"not a readable .safetensors file (truncated or corrupt?): {error}") from error
+        self.get = self._get_safetensor
+
+    def _get_safetensor(self, key: str) -> torch.Tensor:
+        try:
+            return self._file.get_tensor(key)
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(self.path, f"cannot read tensor {key}: {error}") from error
+
+
+def split_parts(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, str]]:
+    """Each part's keys without the part prefix, mapped to the file's keys. Keys outside the parts (EMA copies, schedule buffers) are
+    not ours to use and are ignored, as every SD loader does."""
+    parts = {name: {} for name in PARTS}
+    for key in tensors:
+        for name, (prefix, _, _) in PARTS.items():
+            if key.startswith(prefix):
+                parts[name][key[len(prefix):]] = key
+    absent = [PARTS[name][0] + "*" for name, weights in parts.items() if not weights]
+    if absent:
+        raise CheckpointError(path, f"not an SD 1.x checkpoint: it has no {', '.join(absent)} keys "
+                                    f"({len(tensors)} tensors, e.g. {', '.join(list(tensors)[:3]) or 'none'})")
+    clip = parts["text_encoder"]
+    if not any(key.startswith("text_model.") for key in clip):  # some old files lack the text_model level
+        parts["text_encoder"] = {"text_model." + key: file_key for key, file_key in clip.items()}
+    # position_ids is absent, int64 or (in merged models) float with non-integer values: build_part makes its own.
+    parts["text_encoder"]["text_model.embeddings.position_ids"] = None
+    return parts
+
+
+def build_part(file: TensorFile, name: str, keys: dict[str, str | None], device: torch.device, dtype: torch.dtype):
+    """Build one part on the meta device and assign the file's tensors into it: one strict load, nothing converted twice."""
+    path = file.path
+    _, module_class, config_class = PARTS[name]
+    shapes = {key: file.shapes[file_key] for key, file_key in keys.items() if file_key is not None}
+    try:
+        config = config_class.from_state_dict(shapes)
+    except (KeyError, ValueError, IndexError) as error:
+        raise CheckpointError(path, f"cannot infer the {name} architecture from its tensor shapes: missing or odd key {error}") from error
+    with torch.device("meta"):
+        module = module_class(config)
+    expected = module.state_dict()
+    missing, unexpected = sorted(set(expected) - set(keys)), sorted(set(keys) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(path, describe_mismatch(PARTS[name][0], missing, unexpected))
+    wrong = [f"{PARTS[name][0]}{key} {tuple(file.shapes[file_key].shape)} (expected {tuple(expected[key].shape)})"
+             for key, file_key in keys.items() if file_key is not None and file.shapes[file_key].shape != expected[key].shape]
+    if wrong:
+        raise CheckpointError(path, f"{len(wrong)} {name} tensor(s) do not fit the inferred architecture: {', '.join(wrong[:10])}")
+    placed = {}
+    for key, file_key in keys.items():
+        if file_key is None:  # a buffer we compute rather than trust (position_ids)
+            placed[key] = torch.arange(expected[key].shape[-1], device=device).unsqueeze(0)
+        else:
+            placed[key] = place(file.get(file_key), device, dtype)
+    module.load_state_dict(placed, strict=True, assign=True)
+    return module.eval().requires_grad_(False)
+
+
+def place(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    if not tensor.is_floating_point():
+        return tensor.to(device)
+    return tensor.to(device=device, dtype=dtype)
+
+
+def describe_mismatch(prefix: str, missing: list[str], unexpected: list[str], shown: int = 10) -> str:
+    lines = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            listed = ", ".join(prefix + key for key in keys[:shown])
+            more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+            lines.append(f"{len(keys)} {label} key(s): {listed}{more}")
+    return "; ".join(lines)
+
+
+def load_checkpoint(
+    path: str | Path,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    allow_pickle: bool = False,
+) -> StableDiffusion:
+    """Load an SD 1.x single-file checkpoint. device None: CUDA when present, else CPU; dtype None: fp16 on CUDA, bf16
+    on CPUs with native bf16 matrices, else fp32. The VAE never runs in fp16 (it overflows)."""
+    path = Path(path)
+    device = pick_device(device)
+    dtype = pick_dtype(device, dtype)
+    file = TensorFile(path, allow_pickle)
+    parts = split_parts(path, file.shapes)
+    return StableDiffusion(
+        tokenizer=Tokenizer(),
+        text_encoder=build_part(file, "text_encoder", parts["text_encoder"], device, dtype),
+        unet=build_part(file, "unet", parts["unet"], device, dtype),
+        vae=build_part(file, "vae", parts["vae"], device, pick_vae_dtype(device, dtype)),
+        device=device,
+        dtype=dtype,
+    )

@@ -1,0 +1,117 @@
+"""The CLIP ViT-L/14 text transformer (SD 1.x's text encoder). Attribute names follow the checkpoint's keys."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .attention import multi_head_attention
+
+HEAD_SIZE = 64  # CLIP text models use 64-channel heads; the width alone does not say how many heads
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    vocab_size: int = 49408
+    context_length: int = 77
+    width: int = 768
+    layers: int = 12
+    mlp_width: int = 3072
+
+    @property
+    def heads(self) -> int:
+        return max(1, self.width // HEAD_SIZE)
+
+    @classmethod
+    def from_state_dict(cls, weights: dict) -> "TextEncoderConfig":
+        vocab_size, width = weights["text_model.embeddings.token_embedding.weight"].shape
+        layers = 1 + max(int(k.split(".")[3]) for k in weights if k.startswith("text_model.encoder.layers."))
+        return cls(
+            vocab_size=vocab_size,
+            context_length=weights["text_model.embeddings.position_embedding.weight"].shape[0],
+            width=width,
+            layers=layers,
+            mlp_width=weights["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+        )
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width)
+        self.v_proj = nn.Linear(width, width)
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = multi_head_attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, causal=True)
+        return self.out_proj(out)
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(quick_gelu(self.fc1(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(config.width)
+        self.self_attn = SelfAttention(config.width, config.heads)
+        self.layer_norm2 = nn.LayerNorm(config.width)
+        self.mlp = MLP(config.width, config.mlp_width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.layers))
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.token_embedding = nn.Embedding(config.vocab_size, config.width)
+        self.position_embedding = nn.Embedding(config.context_length, config.width)
+        # Kept as a saved buffer because SD files carry it; its stored values are not trusted (see checkpoint.py).
+        self.register_buffer("position_ids", torch.arange(config.context_length).unsqueeze(0))
+
+
+class TextModel(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+        self.final_layer_norm = nn.LayerNorm(config.width)
+
+
+class TextEncoder(nn.Module):
+    """ids [B,T] -> final-layer-norm hidden states [B,T,width]."""
+
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.config = config
+        self.text_model = TextModel(config)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        model = self.text_model
+        ids = ids.to(model.embeddings.token_embedding.weight.device)
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        x = model.embeddings.token_embedding(ids) + model.embeddings.position_embedding(positions)
+        for layer in model.encoder.layers:
+            x = layer(x)
+        return model.final_layer_norm(x)

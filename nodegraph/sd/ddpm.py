@@ -1,0 +1,105 @@
+"""DDPM sampling (Ho et al. 2020) as SD 1.x ships it. Three separate pieces, so other samplers can reuse the first
+two: the noise schedule, the list of timesteps, and the update step."""
+
+from collections.abc import Callable
+
+import torch
+
+TRAIN_STEPS = 1000
+
+
+def scaled_linear_alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = TRAIN_STEPS) -> torch.Tensor:
+    """SD's training schedule: betas linear in sqrt space, then the cumulative product of (1 - beta)."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float32) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def leading_timesteps(steps: int, offset: int = 1, train_steps: int = TRAIN_STEPS) -> list[int]:
+    """'leading' spacing with SD's offset of 1: 50 steps give 981, 961, ..., 1."""
+    if not 1 <= steps <= train_steps:
+        raise ValueError(f"steps must be between 1 and {train_steps}, got {steps}")
+    ratio = train_steps // steps
+    return [i * ratio + offset for i in reversed(range(steps))]
+
+
+def kept_timesteps(steps: int, denoise: float) -> list[int]:
+    """The timesteps a partial denoise runs: the last int(steps * denoise) of the full list (diffusers' strength)."""
+    if not 0.0 < denoise <= 1.0:
+        raise ValueError(f"denoise must be in (0, 1], got {denoise}")
+    kept = min(int(steps * denoise), steps)
+    if kept == 0:
+        raise ValueError(f"denoise {denoise} with {steps} steps runs no step: raise steps or denoise (steps * denoise >= 1)")
+    return leading_timesteps(steps)[steps - kept :]
+
+
+def ddpm_step(
+    x: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, alphas_cumprod: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """One step of the DDPM posterior q(x_{t_prev} | x_t, x0) with the fixed-small variance; t_prev < 0 means the end."""
+    a_t = alphas_cumprod[t]
+    a_prev = alphas_cumprod[t_prev] if t_prev >= 0 else alphas_cumprod.new_tensor(1.0)
+    alpha = a_t / a_prev
+    beta = 1.0 - alpha
+    x0 = (x - (1.0 - a_t).sqrt() * eps) / a_t.sqrt()
+    mean = (a_prev.sqrt() * beta / (1.0 - a_t)) * x0 + (alpha.sqrt() * (1.0 - a_prev) / (1.0 - a_t)) * x
+    variance = torch.clamp((1.0 - a_prev) / (1.0 - a_t) * beta, min=1e-20)
+    return mean + variance.sqrt() * noise
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    a_t = alphas_cumprod[t]
+    return a_t.sqrt() * x0 + (1.0 - a_t).sqrt() * noise
+
+
+def guided_eps(unet, x: torch.Tensor, t: int, positive: torch.Tensor, negative: torch.Tensor, cfg: float) -> torch.Tensor:
+    """Classifier-free guidance: one UNet call on [negative, positive]; cfg <= 1 skips the negative entirely."""
+    batch = x.shape[0]
+    positive = positive.expand(batch, -1, -1) if positive.shape[0] == 1 else positive
+    if cfg <= 1.0:
+        return unet(x, t, positive).float()
+    negative = negative.expand(batch, -1, -1) if negative.shape[0] == 1 else negative
+    eps_negative, eps_positive = unet(torch.cat([x, x]), t, torch.cat([negative, positive])).float().chunk(2)
+    return eps_negative + cfg * (eps_positive - eps_negative)
+
+
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+@torch.no_grad()
+def sample(
+    sd,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    latent: torch.Tensor,
+    seed: int,
+    steps: int = 20,
+    cfg: float = 7.5,
+    denoise: float = 1.0,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Sample a raw (unscaled) VAE latent with DDPM and classifier-free guidance.
+
+    `latent` gives the shape and, for denoise < 1, the starting picture: it is noised to the first kept timestep.
+    Every random number comes from a CPU generator seeded with `seed`, in diffusers' order (the initial noise, then
+    one tensor per step), so one seed gives one image on any device. `callback(step, total, x)` runs after each step;
+    an exception raised there stops sampling. Returns float32 on the CPU.
+    """
+    device = sd.device
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+
+    def randn() -> torch.Tensor:
+        return torch.randn(latent.shape, generator=generator, dtype=torch.float32).to(device)
+
+    alphas_cumprod = scaled_linear_alphas_cumprod().to(device)
+    timesteps = kept_timesteps(steps, denoise)
+    if denoise < 1.0:
+        x = add_noise(latent.to(device, torch.float32) * sd.latent_scale, randn(), timesteps[0], alphas_cumprod)
+    else:
+        x = randn()
+    ratio = TRAIN_STEPS // steps
+    for i, t in enumerate(timesteps):
+        eps = guided_eps(sd.unet, x, t, positive, negative, cfg)
+        x = ddpm_step(x, eps, t, t - ratio, alphas_cumprod, randn())
+        if callback is not None:
+            callback(i + 1, len(timesteps), x)
+    return (x / sd.latent_scale).cpu()
