@@ -2,17 +2,18 @@
 
 Each part's architecture is inferred from tensor shapes, the modules are built on the meta device, and the file's
 tensors are assigned straight into them by one strict `load_state_dict` per part: the module attribute names are the
-checkpoint's key paths. Memory stays lean: safetensors memory-maps the file and each tensor is converted once.
+checkpoint's key paths. Memory stays lean: each tensor is read from the file straight into its final dtype
+(tensorfile.py), so the peak is the loaded weights plus one chunk.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from ..device import pick_device, pick_dtype, pick_vae_dtype
 from .clip import TextEncoder, TextEncoderConfig
+from .tensorfile import FormatError, SafetensorsReader
 from .tokenizer import Tokenizer
 from .unet import UNet, UNetConfig
 from .vae import VAE, VAEConfig
@@ -50,8 +51,8 @@ class StableDiffusion:
 
 
 class TensorFile:
-    """A checkpoint's tensors, read one at a time on demand: `shapes` holds meta tensors for config inference, so
-    no weight is in memory before it is converted and placed, and none twice."""
+    """A checkpoint's tensors, read one at a time on demand: `shapes` holds meta tensors for config inference, and
+    `read(key, device, dtype)` gives a tensor converted and placed, so no weight is ever in memory twice."""
 
     def __init__(self, path: Path, allow_pickle: bool = False):
         self.path = path
@@ -72,24 +73,22 @@ class TensorFile:
             raise CheckpointError(self.path, f"cannot read as a weights-only torch file: {error}") from error
         tensors = data.get("state_dict", data)
         self.shapes = {key: torch.empty(t.shape, dtype=t.dtype, device="meta") for key, t in tensors.items() if isinstance(t, torch.Tensor)}
-        self.get = tensors.__getitem__
+        self.read = lambda key, device, dtype: place(tensors[key], device, dtype)
 
     def _open_safetensors(self) -> None:
         try:
-            self._file = safe_open(self.path, framework="pt", device="cpu")
-            self.shapes = {}
-            for key in self._file.keys():
-                tensor_slice = self._file.get_slice(key)
-                self.shapes[key] = torch.empty(tensor_slice.get_shape(), device="meta")
-        except (SafetensorError, OSError, ValueError) as error:
-            raise CheckpointError(self.path, f"not a readable .safetensors file (truncated or corrupt?): {error}") from error
-        self.get = self._get_safetensor
+            reader = SafetensorsReader(self.path)
+        except (FormatError, OSError) as error:
+            raise CheckpointError(self.path, f"not a readable .safetensors file: {error}") from error
+        self.shapes = {key: reader.meta(key) for key in reader.entries}
 
-    def _get_safetensor(self, key: str) -> torch.Tensor:
-        try:
-            return self._file.get_tensor(key)
-        except (SafetensorError, OSError, ValueError) as error:
-            raise CheckpointError(self.path, f"cannot read tensor {key}: {error}") from error
+        def read(key: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+            try:
+                return reader.read(key, dtype).to(device)
+            except (FormatError, OSError) as error:
+                raise CheckpointError(self.path, f"cannot read tensor {key}: {error}") from error
+
+        self.read = read
 
 
 def split_parts(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, str]]:
@@ -136,7 +135,7 @@ def build_part(file: TensorFile, name: str, keys: dict[str, str | None], device:
         if file_key is None:  # a buffer we compute rather than trust (position_ids)
             placed[key] = torch.arange(expected[key].shape[-1], device=device).unsqueeze(0)
         else:
-            placed[key] = place(file.get(file_key), device, dtype)
+            placed[key] = file.read(file_key, device, dtype)
     module.load_state_dict(placed, strict=True, assign=True)
     return module.eval().requires_grad_(False)
 

@@ -1,0 +1,88 @@
+"""Reading .safetensors files tensor by tensor, straight into the dtype the model wants.
+
+The format is an 8-byte little-endian header length, a JSON header (name -> dtype, shape, byte range) and the raw
+bytes. We read it with plain file reads rather than the safetensors library's memory map: a mapped file's pages
+count as our resident memory once touched, so loading an fp16 file into bf16 through the map peaks at twice the
+weights. Here each tensor is read in chunks into its final, converted storage: the peak is the weights plus one chunk.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+CHUNK_BYTES = 8 * 2**20
+MAX_HEADER_BYTES = 100 * 2**20
+
+
+class FormatError(ValueError):
+    """The file is not a well-formed .safetensors file (or is cut short)."""
+
+
+class SafetensorsReader:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as file:
+            prefix = file.read(8)
+            if len(prefix) < 8:
+                raise FormatError(f"{size} bytes is too short for a .safetensors header")
+            header_length = int.from_bytes(prefix, "little")
+            if header_length > min(MAX_HEADER_BYTES, size - 8):
+                raise FormatError(f"header length {header_length} does not fit a {size}-byte file (truncated, or not .safetensors)")
+            try:
+                header = json.loads(file.read(header_length))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise FormatError(f"header is not JSON: {error}") from error
+        if not isinstance(header, dict):
+            raise FormatError("header is not a JSON object")
+        header.pop("__metadata__", None)
+        self.data_start = 8 + header_length
+        data_size = size - self.data_start
+        self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+        for key, info in header.items():
+            try:
+                dtype, shape, (begin, end) = DTYPES[info["dtype"]], tuple(info["shape"]), info["data_offsets"]
+            except (KeyError, TypeError, ValueError) as error:
+                raise FormatError(f"tensor {key!r} has a malformed header entry: {info!r}") from error
+            expected = torch.Size(shape).numel() * dtype.itemsize
+            if end - begin != expected or begin < 0:
+                raise FormatError(f"tensor {key!r} claims {end - begin} bytes, its shape {shape} needs {expected}")
+            if end > data_size:
+                raise FormatError(f"tensor {key!r} ends at byte {end} of the data, but the file holds only {data_size}: "
+                                  "the file is truncated")
+            self.entries[key] = (dtype, shape, begin, end)
+        # One conversion buffer for the whole file: a fresh one per tensor would leave the allocator holding a
+        # chunk-sized hole per size class, tens of MB in all.
+        self._chunk = bytearray(CHUNK_BYTES)
+
+    def meta(self, key: str) -> torch.Tensor:
+        """A meta tensor with the stored shape and dtype: for inferring architectures without reading data."""
+        dtype, shape, _, _ = self.entries[key]
+        return torch.empty(shape, dtype=dtype, device="meta")
+
+    def read(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor on the CPU, converted to `dtype` (floating-point tensors only) chunk by chunk as it is read."""
+        stored, shape, begin, end = self.entries[key]
+        target = dtype if dtype is not None and stored.is_floating_point else stored
+        out = torch.empty(shape, dtype=target)
+        if out.numel() == 0:
+            return out
+        with open(self.path, "rb") as file:
+            file.seek(self.data_start + begin)
+            if target == stored:  # read straight into the tensor's own memory
+                if file.readinto(memoryview(out.view(-1).view(torch.uint8).numpy())) != end - begin:
+                    raise FormatError(f"tensor {key!r} is cut short")
+                return out
+            flat, element, done, chunk = out.view(-1), stored.itemsize, 0, self._chunk
+            while done < end - begin:
+                count = file.readinto(memoryview(chunk)[: min(len(chunk), end - begin - done)])
+                if count == 0 or count % element:
+                    raise FormatError(f"tensor {key!r} is cut short")
+                values = torch.frombuffer(chunk, dtype=stored, count=count // element)
+                flat[done // element : (done + count) // element].copy_(values)
+                done += count
+            return out
