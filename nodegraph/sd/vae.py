@@ -194,6 +194,58 @@ class VAE(nn.Module):
         moments = self.quant_conv(self.encoder(self._place(image)))
         return moments[:, : self.config.latent_channels].float().cpu()
 
+    # Latents with a side above this many cells are decoded in tiles: a 2048px image (256 cells) would otherwise
+    # hold several GB of activations at full resolution.
+    tile_threshold: int = 128
+    tile_size: int = 64  # cells (512px, the size SD 1.x was trained at)
+    tile_overlap: int = 16
+
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        if max(latent.shape[-2:]) > self.tile_threshold:
+            return self.decode_tiled(latent, self.tile_size, self.tile_overlap)
+        return self._decode(latent)
+
+    def _decode(self, latent: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(self._place(latent))).float().cpu()
+
+    @torch.no_grad()
+    def decode_tiled(self, latent: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+        """Decode overlapping tiles and blend them with linear ramps across each overlap, so no seam shows while
+        memory stays that of one tile."""
+        scale = self.config.downscale
+        batch, _, height, width = latent.shape
+        out = torch.zeros(batch, self.config.out_channels, height * scale, width * scale)
+        weight = torch.zeros(1, 1, height * scale, width * scale)
+        for top in tile_starts(height, tile, overlap):
+            for left in tile_starts(width, tile, overlap):
+                bottom, right = min(top + tile, height), min(left + tile, width)
+                pixels = self._decode(latent[:, :, top:bottom, left:right])
+                ramp = (blend_ramp(bottom - top, top > 0, bottom < height, overlap, scale)[:, None]
+                        * blend_ramp(right - left, left > 0, right < width, overlap, scale)[None, :])
+                rows, cols = slice(top * scale, bottom * scale), slice(left * scale, right * scale)
+                out[:, :, rows, cols] += pixels * ramp
+                weight[:, :, rows, cols] += ramp
+        return out / weight
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Where tiles begin along one axis: every tile - overlap cells, the last one flush with the end."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def blend_ramp(cells: int, fade_in: bool, fade_out: bool, overlap: int, scale: int) -> torch.Tensor:
+    """Per-pixel weights along one side of a tile: rising over the overlap where a neighbour precedes it, falling
+    where one follows; never exactly zero, so every pixel has weight."""
+    size, ramp = cells * scale, overlap * scale
+    weights = torch.ones(size)
+    rise = (torch.arange(ramp, dtype=torch.float32) + 0.5) / ramp
+    if fade_in:
+        weights[:ramp] = torch.minimum(weights[:ramp], rise)
+    if fade_out:
+        weights[-ramp:] = torch.minimum(weights[-ramp:], rise.flip(0))
+    return weights
