@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from PIL import Image
 
 from nodegraph.executor import Event, Executor, Interrupted, NodeFailed, Progress
@@ -28,7 +28,11 @@ from nodegraph.store import Store
 from nodegraph.workflow import InvalidWorkflow, WorkflowIssue
 
 log = logging.getLogger("nodegraph.server")
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_DIR = Path(__file__).resolve().parent / "web"  # package data, so a non-editable install serves the editor too
+WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"  # the examples of a source checkout, if any
+# The editor's own page may load only from this origin: nothing is fetched from elsewhere, and no other site frames it.
+EDITOR_CSP = ("default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; style-src 'self'; script-src 'self'; "
+              "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 TOKEN_ENV = "NODEGRAPH_AUTH_TOKEN"
 TOKEN_COOKIE = "nodegraph_token"
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
@@ -71,6 +75,7 @@ class ServerConfig:
     port: int = 8188
     auth_token: str | None = None
     limits: Limits = field(default_factory=Limits)
+    workflows_dir: Path | None = WORKFLOWS_DIR  # example workflows offered by the editor (None or missing: none)
 
 
 class ApiError(Exception):
@@ -96,6 +101,11 @@ class Hub:
 
     def __init__(self):
         self.clients: dict[str, set[asyncio.Queue]] = {}
+        self.sockets: set[web.WebSocketResponse] = set()  # closed at shutdown, so a stop never waits on a browser tab
+
+    async def close_all(self) -> None:
+        for ws in list(self.sockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
 
     def connect(self, client_id: str) -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue()
@@ -298,18 +308,24 @@ async def read_json(request: web.Request) -> dict:
     return data
 
 
+def workflow_issues(server: "ServerState", workflow) -> list[WorkflowIssue]:
+    """Everything that keeps `workflow` from being queued: validation and this server's limits."""
+    issues = []
+    try:
+        server.executor.validate(workflow)
+    except InvalidWorkflow as error:
+        issues = list(error.issues)
+    if isinstance(workflow, dict):
+        issues += server.config.limits.workflow_issues(workflow)
+    return issues
+
+
 @routes.post("/prompt")
 async def queue_prompt(request: web.Request) -> web.Response:
     body = await read_json(request)
     workflow = body.get("workflow", body.get("prompt"))
     server = state(request)
-    issues = []
-    try:
-        server.executor.validate(workflow)
-    except InvalidWorkflow as error:
-        issues = error.issues
-    if isinstance(workflow, dict):
-        issues += server.config.limits.workflow_issues(workflow)
+    issues = workflow_issues(server, workflow)
     if issues:
         raise ApiError(400, "invalid_workflow", "\n".join(str(issue) for issue in issues),
                        node_errors=[issue.to_dict() for issue in issues])
@@ -317,6 +333,18 @@ async def queue_prompt(request: web.Request) -> web.Response:
     record = server.store.enqueue(workflow, client_id if isinstance(client_id, str) else None)
     server.hub.broadcast(json.dumps(status_message(server.store)))
     return web.json_response({"prompt_id": record.prompt_id, "number": record.number, "node_errors": {}})
+
+
+@routes.post("/validate")
+async def validate_workflow(request: web.Request) -> web.Response:
+    """The checks of /prompt without queueing: {"valid", "node_errors"}, always 200 for a readable request.
+
+    The editor asks here before queueing, so an invalid workflow is a result to show on its nodes, not a failed
+    request (which browsers log as an error).
+    """
+    body = await read_json(request)
+    issues = workflow_issues(state(request), body.get("workflow", body.get("prompt")))
+    return web.json_response({"valid": not issues, "node_errors": [issue.to_dict() for issue in issues]})
 
 
 @routes.get("/queue")
@@ -518,12 +546,14 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 await ws.send_str(message)
 
     sender = asyncio.create_task(send_all())
+    server.hub.sockets.add(ws)
     try:
         async for message in ws:  # the page sends nothing we act on; reading keeps the connection serviced
             if message.type == WSMsgType.ERROR:
                 break
     finally:
         sender.cancel()
+        server.hub.sockets.discard(ws)
         server.hub.disconnect(client_id, queue)
     return ws
 
@@ -533,7 +563,34 @@ async def index(request: web.Request) -> web.StreamResponse:
     page = WEB_DIR / "index.html"
     if not page.is_file():
         return web.Response(text="nodegraph server: the web editor is not installed", content_type="text/plain")
-    return web.FileResponse(page)
+    return web.FileResponse(page, headers={"Content-Security-Policy": EDITOR_CSP, "Cache-Control": "no-cache"})
+
+
+def example_workflow_names(folder: Path | None) -> list[str]:
+    if folder is None or not Path(folder).is_dir():
+        return []
+    return sorted(path.name for path in Path(folder).glob("*.json") if not path.name.startswith(".")
+                  and path.is_file() and not path.is_symlink())
+
+
+@routes.get("/workflows")
+async def list_workflows(request: web.Request) -> web.Response:
+    """The example workflows (names of the JSON files in the examples folder), read-only."""
+    return web.json_response({"workflows": example_workflow_names(state(request).config.workflows_dir)})
+
+
+@routes.get("/workflows/{name}")
+async def get_workflow(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    # Only names the listing offers: no path syntax, no symlink, nothing but the folder's own .json files.
+    if name not in example_workflow_names(state(request).config.workflows_dir):
+        raise ApiError(404, "not_found", f"no example workflow {name!r}")
+    path = Path(state(request).config.workflows_dir) / name
+    try:
+        workflow = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ApiError(500, "unreadable", f"example workflow {name!r} is unreadable: {error}") from error
+    return web.json_response(workflow)
 
 
 # --- the application ----------------------------------------------------------------------------------------------
@@ -559,7 +616,9 @@ def create_app(config: ServerConfig) -> web.Application:
                           client_max_size=max(limits.max_upload_bytes, limits.max_body_bytes) + 64 * 1024)
     app.add_routes(routes)
     if WEB_DIR.is_dir():
-        app.router.add_static("/web/", WEB_DIR, follow_symlinks=False)
+        # follow_symlinks=False: a symlink in the folder never leads out of it; no directory listings either.
+        app.router.add_static("/web/", WEB_DIR, follow_symlinks=False, show_index=False)
+        app.on_response_prepare.append(revalidate_editor_files)
     store = Store(Path(config.data_dir) / "nodegraph.sqlite3")
     app[STATE] = server = ServerState(config=config, executor=Executor(config.env), store=store, hub=Hub())
 
@@ -574,9 +633,19 @@ def create_app(config: ServerConfig) -> web.Application:
         await asyncio.get_running_loop().run_in_executor(None, server.worker.stop)
         store.close()
 
+    async def close_sockets(app: web.Application) -> None:
+        await server.hub.close_all()
+
     app.on_startup.append(start_worker)
+    app.on_shutdown.append(close_sockets)
     app.on_cleanup.append(stop_worker)
     return app
+
+
+async def revalidate_editor_files(request: web.Request, response: web.StreamResponse) -> None:
+    """The editor's modules are asked for again on each load, so an upgraded server never runs stale JavaScript."""
+    if request.path.startswith("/web/"):
+        response.headers["Cache-Control"] = "no-cache"
 
 
 def serve(config: ServerConfig) -> None:
