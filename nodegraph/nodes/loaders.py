@@ -15,11 +15,13 @@ CHECKPOINT_SUFFIXES = (".safetensors",)  # pickled .ckpt files can run code when
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 # Checkpoints that ship with the package, by name: listed beside the user's files (which win on a name clash).
-BUILTIN_CHECKPOINTS: dict[str, Path] = {}
+PACKAGED_CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+BUILTIN_CHECKPOINTS: dict[str, Path] = {"demo-shapes.safetensors": PACKAGED_CHECKPOINTS / "demo-shapes.safetensors"}
 
 
 def checkpoint_names(env: Environment) -> list[str]:
-    return sorted(set(BUILTIN_CHECKPOINTS) | set(list_files(env.checkpoints_dir, CHECKPOINT_SUFFIXES)))
+    builtin = {name for name, path in BUILTIN_CHECKPOINTS.items() if path.is_file()}
+    return sorted(builtin | set(list_files(env.checkpoints_dir, CHECKPOINT_SUFFIXES)))
 
 
 def checkpoint_path(env: Environment, name: str) -> Path:

@@ -97,21 +97,21 @@ def test_txt2img_built_from_the_palette_runs_and_shows_its_image(page, server, s
     editor.connect(ckpt, "vae", decode, "vae")
     wanted += [(sample, "latent", decode, "latent"), (decode, "image", save, "images"), (ckpt, "vae", decode, "vae")]
     assert editor.links() == set(wanted)
-    editor.set_value(pos, "text", "a red circle")
-    editor.set_value(neg, "text", "blurry")
+    editor.set_value(pos, "text", "a red circle on a white background")
+    editor.set_value(neg, "text", "")
     editor.set_value(empty, "width", 64)
     editor.set_value(empty, "height", 64)
-    editor.set_value(sample, "steps", 3)
+    editor.set_value(sample, "steps", 20)
     editor.set_value(save, "prefix", "editor/txt2img")
-    editor.set_value(ckpt, "name", CHECKPOINT_NAME)  # the tiny one, whatever else the server offers
+    editor.set_value(ckpt, "name", "demo-shapes.safetensors")  # the built-in one: a real picture for the screenshot
     seed = int(editor.widget(sample, "seed").input_value())
 
     saved = editor.saved_workflow()
     assert saved["version"] == 1 and saved["nodes"][sample]["inputs"] == {
         "model": [ckpt, "model"], "positive": [pos, "conditioning"], "negative": [neg, "conditioning"],
-        "latent": [empty, "latent"], "seed": seed, "steps": 3, "cfg": 7.5, "denoise": 1}
+        "latent": [empty, "latent"], "seed": seed, "steps": 20, "cfg": 7.5, "denoise": 1}
     assert saved["nodes"][save] == {"type": "SaveImage", "inputs": {"images": [decode, "image"], "prefix": "editor/txt2img"}}
-    assert saved["nodes"][pos]["inputs"]["text"] == "a red circle"
+    assert saved["nodes"][pos]["inputs"]["text"] == "a red circle on a white background"
     assert saved["ui"]["nodes"][ckpt]["pos"] == [20, 90] and saved["ui"]["nodes"][decode]["pos"] == [880, 20]
 
     editor.run()

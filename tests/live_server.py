@@ -23,6 +23,7 @@ class ServerProcess:
         self.command = [sys.executable, "-m", "nodegraph", "serve", "--port", str(self.port), "--models",
                         str(env.models_dir), "--input", str(env.input_dir), "--output", str(env.output_dir),
                         "--data", str(data_dir), "--device", "cpu", "--dtype", "fp32"]
+        data_dir.mkdir(parents=True, exist_ok=True)
         self.log = data_dir / "server.log"
         self.process = None
 
@@ -40,6 +41,11 @@ class ServerProcess:
                 time.sleep(0.1)
         raise TimeoutError(self.log.read_text())
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
@@ -52,3 +58,19 @@ class ServerProcess:
     def get(self, path: str):
         with urllib.request.urlopen(self.base + path, timeout=10) as response:
             return json.loads(response.read())
+
+    def post(self, path: str, body: dict):
+        request = urllib.request.Request(self.base + path, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def wait_for(self, condition, timeout: float = 120):
+        """The first truthy value of `condition()`, polled until `timeout` seconds have passed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = condition()
+            if value:
+                return value
+            time.sleep(0.2)
+        raise TimeoutError(self.log.read_text()[-3000:])
