@@ -136,6 +136,10 @@ def build_part(file: TensorFile, name: str, keys: dict[str, str | None], device:
             placed[key] = torch.arange(expected[key].shape[-1], device=device).unsqueeze(0)
         else:
             placed[key] = file.read(file_key, device, dtype)
+            if placed[key].ndim == 4:
+                # Convolutions run fastest on channels-last (NHWC) memory on CPUs (oneDNN) and tensor-core GPUs,
+                # and activations follow their weights' layout; converted one tensor at a time to stay lean.
+                placed[key] = placed[key].contiguous(memory_format=torch.channels_last)
     module.load_state_dict(placed, strict=True, assign=True)
     return module.eval().requires_grad_(False)
 
