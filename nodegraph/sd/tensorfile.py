@@ -64,25 +64,33 @@ class SafetensorsReader:
         dtype, shape, _, _ = self.entries[key]
         return torch.empty(shape, dtype=dtype, device="meta")
 
-    def read(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The tensor on the CPU, converted to `dtype` (floating-point tensors only) chunk by chunk as it is read."""
+    def read(self, key: str, dtype: torch.dtype | None = None,
+             memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+        """The tensor on the CPU, converted to `dtype` (floating-point tensors only) and laid out in `memory_format`
+        while it is read, a chunk of whole rows (first-dimension slices) at a time."""
         stored, shape, begin, end = self.entries[key]
         target = dtype if dtype is not None and stored.is_floating_point else stored
-        out = torch.empty(shape, dtype=target)
+        if len(shape) != 4:
+            memory_format = torch.contiguous_format
+        out = torch.empty(shape, dtype=target, memory_format=memory_format)
         if out.numel() == 0:
             return out
         with open(self.path, "rb") as file:
             file.seek(self.data_start + begin)
-            if target == stored:  # read straight into the tensor's own memory
+            if target == stored and out.is_contiguous():  # read straight into the tensor's own memory
                 if file.readinto(memoryview(out.view(-1).view(torch.uint8).numpy())) != end - begin:
                     raise FormatError(f"tensor {key!r} is cut short")
                 return out
-            flat, element, done, chunk = out.view(-1), stored.itemsize, 0, self._chunk
-            while done < end - begin:
-                count = file.readinto(memoryview(chunk)[: min(len(chunk), end - begin - done)])
-                if count == 0 or count % element:
+            rows = out.view(1, -1) if out.ndim == 0 else out
+            row_elements = rows[0].numel()
+            rows_per_chunk = max(1, len(self._chunk) // (row_elements * stored.itemsize))
+            chunk = self._chunk if rows_per_chunk * row_elements * stored.itemsize <= len(self._chunk) else \
+                bytearray(row_elements * stored.itemsize)  # a single row bigger than the shared buffer
+            for first in range(0, rows.shape[0], rows_per_chunk):
+                count = min(rows_per_chunk, rows.shape[0] - first)
+                size = count * row_elements * stored.itemsize
+                if file.readinto(memoryview(chunk)[:size]) != size:
                     raise FormatError(f"tensor {key!r} is cut short")
-                values = torch.frombuffer(chunk, dtype=stored, count=count // element)
-                flat[done // element : (done + count) // element].copy_(values)
-                done += count
+                values = torch.frombuffer(chunk, dtype=stored, count=count * row_elements)
+                rows[first:first + count].copy_(values.view((count,) + tuple(rows.shape[1:])))
             return out

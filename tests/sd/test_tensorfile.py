@@ -65,3 +65,15 @@ print((after - before) * 1024)
 """
     grown = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert grown < 128 * 2**20 + 24 * 2**20, f"peak grew by {grown / 2**20:.0f} MiB for a 128 MiB tensor"
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_conv_weights_can_be_read_channels_last(tmp_path, dtype, monkeypatch):
+    monkeypatch.setattr("nodegraph.sd.tensorfile.CHUNK_BYTES", 1000)  # several rows per chunk, and chunk edges
+    weight = torch.randn(7, 5, 3, 3).half()
+    save_file({"conv": weight, "bias": torch.randn(7).half()}, str(tmp_path / "conv.safetensors"))
+    reader = SafetensorsReader(tmp_path / "conv.safetensors")
+    got = reader.read("conv", dtype, torch.channels_last)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, weight.to(dtype or torch.float16))
+    assert torch.equal(reader.read("bias", dtype, torch.channels_last), load_file(str(tmp_path / "conv.safetensors"))["bias"].to(dtype or torch.float16))

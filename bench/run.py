@@ -1,0 +1,252 @@
+"""nodegraph against diffusers on the same weights, same device, dtype and thread count, in one process.
+
+    python -m bench.run                         # everything (about 15 minutes on 2 CPU cores)
+    python -m bench.run unet vae text load       # some sections
+    python -m bench.run --repeats 5 unet
+
+Runs alternate (ours, theirs, ours, ...) so drift in machine speed hits both alike. Prints a table (median and
+spread = max - min) and writes bench/results/<section>.json.
+"""
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.checkpoint import sd15_random_checkpoint, tensor_bytes
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def measure(candidates: dict, repeats: int, warmup: int = 1) -> dict:
+    """Median and spread of each candidate's wall time, runs interleaved."""
+    for _ in range(warmup):
+        for run in candidates.values():
+            run()
+    times = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, run in candidates.items():
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    return {name: {"median_s": statistics.median(t), "spread_s": max(t) - min(t), "runs": t} for name, t in times.items()}
+
+
+def table(title: str, results: dict, baseline: str | None = None) -> None:
+    print(f"\n{title}")
+    for name, r in results.items():
+        ratio = f"  {r['median_s'] / results[baseline]['median_s']:.2f}x {baseline}" if baseline and name != baseline else ""
+        print(f"  {name:<34} {r['median_s'] * 1000:9.1f} ms  ±{r['spread_s'] * 1000:7.1f}{ratio}")
+
+
+def save(section: str, data: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    data["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                       "torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability()}
+    (RESULTS / f"{section}.json").write_text(json.dumps(data, indent=2))
+
+
+def models(path, dtype):
+    from bench.reference import load_diffusers
+    from nodegraph.sd import load_checkpoint
+
+    return load_checkpoint(path, device="cpu", dtype=dtype), load_diffusers(path, dtype)
+
+
+@torch.no_grad()
+def bench_unet(path: Path, repeats: int) -> None:
+    ours, (unet, _, _) = models(path, torch.bfloat16)
+    fastest = unet.to(memory_format=torch.channels_last)  # diffusers' fastest CPU setup: bf16, channels_last, SDPA
+    results = {}
+    for size in (512, 256):
+        x = torch.randn(2, 4, size // 8, size // 8, dtype=torch.bfloat16)
+        t = torch.tensor([500, 500])
+        context = torch.randn(2, 77, 768, dtype=torch.bfloat16)
+        results[size] = measure({
+            "nodegraph bf16": lambda: ours.unet(x, t, context),
+            "diffusers bf16 channels_last": lambda: fastest(x.to(memory_format=torch.channels_last), t, context),
+        }, repeats)
+        table(f"UNet step, CFG batch 2, {size}x{size}", results[size], "diffusers bf16 channels_last")
+    save("unet", {str(k): v for k, v in results.items()})
+
+
+@torch.no_grad()
+def bench_vae_and_text(path: Path, repeats: int) -> None:
+    ours, (_, vae, text) = models(path, torch.bfloat16)
+    vae = vae.to(memory_format=torch.channels_last)
+    z = torch.randn(1, 4, 64, 64)
+    decode = measure({"nodegraph bf16": lambda: ours.vae.decode(z),
+                      "diffusers bf16 channels_last": lambda: vae.decode(z.to(torch.bfloat16)).sample.float()}, repeats)
+    table("VAE decode 512x512", decode, "diffusers bf16 channels_last")
+    prompts = ["a photograph of an astronaut riding a horse", ""]
+    from bench.reference_tokenizer import tokenizer
+    reference_tokenizer = tokenizer()
+    encode = measure({
+        "nodegraph bf16": lambda: ours.encode_prompt(prompts),
+        "transformers bf16": lambda: text(reference_tokenizer(prompts, padding="max_length", max_length=77,
+                                                              truncation=True, return_tensors="pt").input_ids)[0].float(),
+    }, repeats * 3)
+    table("text encoding, two prompts", encode, "transformers bf16")
+    save("vae_text", {"vae_decode_512": decode, "text_encode_2": encode})
+
+
+def load_worker(which: str, path: str) -> None:
+    """Runs in a fresh process: load, then report time and peak resident memory."""
+    started = time.perf_counter()
+    if which == "nodegraph":
+        from nodegraph.sd import load_checkpoint
+        load_checkpoint(path, device="cpu", dtype=torch.bfloat16)
+    else:
+        from bench.reference import load_diffusers
+        load_diffusers(Path(path), torch.bfloat16)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "peak_rss_bytes": peak_rss()}))
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory (VmHWM). Not ru_maxrss: a child started by fork+exec inherits its
+    parent's maximum there, and the harness's parent process holds models by then."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def baseline_rss() -> int:
+    """Peak RSS of a process that imports what a loader imports and loads nothing."""
+    code = "import torch, safetensors, transformers, bench.run as r; print(r.peak_rss())"
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout)
+
+
+def bench_load(path: Path, repeats: int) -> None:
+    file_bytes = tensor_bytes(path)
+    runs = {"nodegraph": [], "diffusers": []}
+    for _ in range(repeats):
+        for which in runs:
+            out = subprocess.run([sys.executable, "-m", "bench.run", "--load-worker", which, str(path)], cwd=ROOT,
+                                 capture_output=True, text=True, check=True).stdout
+            runs[which].append(json.loads(out.strip().splitlines()[-1]))
+    results = {}
+    print(f"\ncheckpoint load to bf16 ({file_bytes / 2**30:.2f} GiB of fp16 tensors), fresh process each")
+    for which, samples in runs.items():
+        seconds = [s["seconds"] for s in samples]
+        peak = max(s["peak_rss_bytes"] for s in samples)
+        results[which] = {"median_s": statistics.median(seconds), "spread_s": max(seconds) - min(seconds),
+                          "peak_rss_bytes": peak, "peak_rss_over_tensor_bytes": peak / file_bytes}
+        print(f"  {which:<12} {results[which]['median_s']:6.2f} s ±{results[which]['spread_s']:.2f}   "
+              f"peak RSS {peak / 2**30:.2f} GiB = {peak / file_bytes:.2f}x tensor bytes")
+    results["tensor_bytes"] = file_bytes
+    results["import_only_peak_rss_bytes"] = baseline_rss()
+    print(f"  (a process that only imports torch/safetensors/transformers peaks at "
+          f"{results['import_only_peak_rss_bytes'] / 2**30:.2f} GiB)")
+    save("load", results)
+
+
+@torch.no_grad()
+def bench_txt2img(path: Path, repeats: int, steps: int = 20) -> None:
+    """A whole 512x512 txt2img: nodegraph with default settings against diffusers' default (fp32) pipeline."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    from bench.reference import load_diffusers
+    from bench.reference_tokenizer import tokenizer
+    from nodegraph.sd import load_checkpoint, sample
+
+    ours = load_checkpoint(path)  # dtype=None: bf16 on this CPU
+    unet, vae, text = load_diffusers(path, torch.float32)
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False, scheduler=DDPMScheduler(
+                                       beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       clip_sample=False, steps_offset=1, timestep_spacing="leading"))
+    pipe.set_progress_bar_config(disable=True)
+    prompt = "a photograph of an astronaut riding a horse"
+
+    def nodegraph_image():
+        latent = sample(ours, ours.encode_prompt([prompt]), ours.encode_prompt([""]), torch.zeros(1, 4, 64, 64),
+                        seed=1, steps=steps, cfg=7.5)
+        return ours.vae.decode(latent)
+
+    def diffusers_image():
+        return pipe(prompt, num_inference_steps=steps, guidance_scale=7.5, output_type="pt",
+                    generator=torch.Generator("cpu").manual_seed(1)).images
+
+    results = measure({"nodegraph default (bf16)": nodegraph_image, "diffusers default (fp32)": diffusers_image},
+                      repeats, warmup=0)
+    table(f"txt2img 512x512, {steps} DDPM steps, CFG", results, "diffusers default (fp32)")
+    save("txt2img", results)
+
+
+def bench_executor(repeats: int) -> None:
+    """Executor overhead: wall time of a run minus the time spent inside nodes, on the demo checkpoint."""
+    import tempfile
+
+    from nodegraph.executor import Executed, Executing, Executor
+    from nodegraph.nodes import Environment
+    from nodegraph.workflow import read_workflow_file
+
+    workflow = read_workflow_file(ROOT / "workflows" / "txt2img.json")
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        executor = Executor(Environment(models_dir=folder / "models", input_dir=folder / "input",
+                                        output_dir=folder / "output", temp_dir=folder / "temp"))
+        node_time = {"started": {}, "total": 0.0}
+
+        def on_event(event):
+            if isinstance(event, Executing):
+                node_time["started"][event.node_id] = time.perf_counter()
+            elif isinstance(event, Executed):
+                node_time["total"] += time.perf_counter() - node_time["started"].pop(event.node_id)
+
+        def overhead(seed):
+            workflow["nodes"]["sample"]["inputs"]["seed"] = seed
+            node_time["total"] = 0.0
+            started = time.perf_counter()
+            executor.run(workflow, on_event=on_event)
+            return time.perf_counter() - started - node_time["total"]
+
+        overhead(0)
+        new_seed = [overhead(seed) for seed in range(1, repeats * 3 + 1)]
+        cached = [overhead(repeats * 3) for _ in range(repeats * 3)]
+    results = {name: {"median_s": statistics.median(v), "spread_s": max(v) - min(v), "runs": v}
+               for name, v in (("seed-only re-run", new_seed), ("fully cached re-run", cached))}
+    table("executor overhead beyond model compute (txt2img workflow)", results)
+    save("executor", results)
+
+
+SECTIONS = ["unet", "vae", "load", "executor", "txt2img"]
+
+
+def main() -> None:
+    if len(sys.argv) >= 2 and sys.argv[1] == "--load-worker":
+        return load_worker(sys.argv[2], sys.argv[3])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sections", nargs="*", choices=SECTIONS + [[]], default=[])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    sections = args.sections or SECTIONS
+    path = sd15_random_checkpoint()
+    print(f"{path} ({path.stat().st_size / 2**30:.2f} GiB), {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    if "unet" in sections:
+        bench_unet(path, args.repeats)
+    if "vae" in sections:
+        bench_vae_and_text(path, args.repeats)
+    if "load" in sections:
+        bench_load(path, args.repeats)
+    if "executor" in sections:
+        bench_executor(args.repeats)
+    if "txt2img" in sections:
+        bench_txt2img(path, max(1, args.repeats // 3))
+
+
+if __name__ == "__main__":
+    main()
