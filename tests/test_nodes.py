@@ -57,7 +57,7 @@ def test_every_builtin_node_is_registered_with_its_sockets():
 
 def test_node_listing_offers_the_checkpoints_in_the_models_folder(sd_env):
     described = builtin_registry().describe(sd_env)
-    assert described["LoadCheckpoint"]["inputs"]["name"]["choices"] == [CHECKPOINT_NAME]
+    assert described["LoadCheckpoint"]["inputs"]["name"]["choices"] == ["demo-shapes.safetensors", CHECKPOINT_NAME]
     assert described["DDPMSample"]["inputs"]["steps"] == {
         "kind": "constant", "type": "INT", "required": False, "default": 20, "min": 1, "max": 1000,
         "description": "sampler steps (for the full schedule)"}
