@@ -132,3 +132,12 @@ def test_txt2img_workflow_runs_on_a_fresh_folder_with_the_demo(tmp_path):
     assert len(written) == 1 and written[0].is_file()
     seen = classify(np.asarray(Image.open(written[0]).convert("RGB")))
     assert seen["colour"] == "red" and seen["shape"] == "circle" and seen["background"] == "white"
+
+
+def test_default_bf16_images_match_fp32_images(demo):
+    """bf16 is the default on CPUs with native bf16 matrices: it must give the same picture as fp32."""
+    bf16 = load_checkpoint(DEMO, device="cpu", dtype=torch.bfloat16)
+    for seed, prompt in enumerate(["a red circle on a white background", "a small cyan square at the top on a black "
+                                   "background", "a large yellow triangle on a gray background"]):
+        exact, fast = generate(demo, prompt, seed).astype(float), generate(bf16, prompt, seed).astype(float)
+        assert 10 * np.log10(255**2 / max(((exact - fast) ** 2).mean(), 1e-12)) >= 30
