@@ -1,31 +1,19 @@
 """The HTTP API and websocket, through aiohttp's test client on 127.0.0.1."""
 
 import asyncio
-import contextlib
 import io
 import json
 import time
 
 import pytest
 from aiohttp import FormData, WSMsgType
-from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
+from app_client import run, serving
 from engine_fixtures import env, sd_env, txt2img  # noqa: F401 (fixtures)
 from nodegraph.server import Limits, ServerConfig, create_app
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@contextlib.asynccontextmanager
-async def serving(env, tmp_path, **config):
-    app = create_app(ServerConfig(env=env, data_dir=tmp_path / "data", **config))
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        yield client
-
-
-def run(coroutine):
-    return asyncio.run(asyncio.wait_for(coroutine, timeout=120))
 
 
 async def queue(client, workflow, client_id="me"):

@@ -1,7 +1,5 @@
 """The server routes the editor relies on (no browser): its files, the example workflows, and /validate."""
 
-import asyncio
-import contextlib
 import json
 import re
 import time
@@ -10,25 +8,13 @@ from pathlib import Path
 
 import pytest
 from aiohttp import WSMsgType
-from aiohttp.test_utils import TestClient, TestServer
 
+from app_client import run, serving
 from engine_fixtures import env, sd_env, txt2img  # noqa: F401 (fixtures)
 from nodegraph import server as server_module
-from nodegraph.server import ServerConfig, create_app
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 REPO = Path(__file__).resolve().parents[2]
-
-
-@contextlib.asynccontextmanager
-async def serving(env, tmp_path, **config):
-    app = create_app(ServerConfig(env=env, data_dir=tmp_path / "data", **config))
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        yield client
-
-
-def run(coroutine):
-    return asyncio.run(asyncio.wait_for(coroutine, timeout=60))
 
 
 # --- the editor's files ---------------------------------------------------------------------------------------------
