@@ -87,8 +87,8 @@ def bench_vae_and_text(path: Path, repeats: int) -> None:
                       "diffusers bf16 channels_last": lambda: vae.decode(z.to(torch.bfloat16)).sample.float()}, repeats)
     table("VAE decode 512x512", decode, "diffusers bf16 channels_last")
     prompts = ["a photograph of an astronaut riding a horse", ""]
-    from bench.reference_tokenizer import tokenizer
-    reference_tokenizer = tokenizer()
+    from bench.reference import reference_tokenizer
+    reference_tokenizer = reference_tokenizer()
     encode = measure({
         "nodegraph bf16": lambda: ours.encode_prompt(prompts),
         "transformers bf16": lambda: text(reference_tokenizer(prompts, padding="max_length", max_length=77,
@@ -155,13 +155,12 @@ def bench_txt2img(path: Path, repeats: int, steps: int = 20) -> None:
     """A whole 512x512 txt2img: nodegraph with default settings against diffusers' default (fp32) pipeline."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-    from bench.reference import load_diffusers
-    from bench.reference_tokenizer import tokenizer
+    from bench.reference import load_diffusers, reference_tokenizer
     from nodegraph.sd import load_checkpoint, sample
 
     ours = load_checkpoint(path)  # dtype=None: bf16 on this CPU
     unet, vae, text = load_diffusers(path, torch.float32)
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer(), safety_checker=None,
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=reference_tokenizer(), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False, scheduler=DDPMScheduler(
                                        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                        clip_sample=False, steps_offset=1, timestep_spacing="leading"))

@@ -1,7 +1,5 @@
 """The full SD 1.5 architecture, built on the meta device: its size and its keys are those of SD 1.5 files."""
 
-import warnings
-
 import pytest
 import torch
 
@@ -9,6 +7,7 @@ from nodegraph.sd.checkpoint import PARTS
 from nodegraph.sd.clip import TextEncoder, TextEncoderConfig
 from nodegraph.sd.unet import UNet, UNetConfig
 from nodegraph.sd.vae import VAE, VAEConfig
+from bench.reference import SD15_TEXT_CONFIG, diffusers_models
 from checkpoints import TinyConfig, ldm_original_config
 
 
@@ -58,19 +57,6 @@ def test_config_inferred_from_sd15_shapes_is_sd15(sd15):
 
 def test_diffusers_conversion_of_our_sd15_keys_fills_its_sd15_models_exactly(sd15):
     """diffusers' own converters map every key we name onto its SD 1.5 models, which load them strictly."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.loaders import single_file_utils as sfu
-
     full = TinyConfig(unet=UNetConfig(), vae=VAEConfig(), text=TextEncoderConfig())
-    checkpoint, original = file_keys(sd15), ldm_original_config(full)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        unet_config = sfu.create_unet_diffusers_config_from_ldm(original, checkpoint, image_size=512)
-        vae_config = sfu.create_vae_diffusers_config_from_ldm(original, checkpoint, image_size=512)
-    with torch.device("meta"):
-        unet, vae = UNet2DConditionModel(**unet_config), AutoencoderKL(**vae_config)
-    unet_weights = sfu.convert_ldm_unet_checkpoint(checkpoint, unet_config)
-    vae_weights = sfu.convert_ldm_vae_checkpoint(checkpoint, vae_config)
-    assert len(unet_weights) == 686 and len(vae_weights) == 248
-    unet.load_state_dict(unet_weights, strict=True, assign=True)
-    vae.load_state_dict(vae_weights, strict=True, assign=True)
+    unet, vae, text = diffusers_models(file_keys(sd15), ldm_original_config(full), SD15_TEXT_CONFIG, on_meta=True)
+    assert len(unet.state_dict()) == 686 and len(vae.state_dict()) == 248 and len(text.state_dict()) == 196
