@@ -396,7 +396,7 @@ async def history_one(request: web.Request) -> web.Response:
     return web.json_response({record.prompt_id: record.history_entry()})
 
 
-def folder_for(env: Environment, kind: str, data_dir: Path) -> Path:
+def folder_for(env: Environment, kind: str) -> Path:
     folders = {"output": env.output_dir, "input": env.input_dir, "temp": env.temp_dir}
     if kind not in folders:
         raise ApiError(400, "invalid_request", f"type must be one of {', '.join(folders)}, got {kind!r}")
@@ -418,7 +418,7 @@ def confined_file(root: Path, subfolder: str, filename: str) -> Path:
 async def view(request: web.Request) -> web.StreamResponse:
     server = state(request)
     query = request.query
-    root = folder_for(server.config.env, query.get("type", "output"), server.config.data_dir)
+    root = folder_for(server.config.env, query.get("type", "output"))
     path = confined_file(root, query.get("subfolder", ""), query.get("filename", ""))
     content_type = IMAGE_TYPES.get(path.suffix.lower())
     if content_type is None:  # never serve HTML, SVG or script from our origin
@@ -534,8 +534,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     client_id = request.query.get("client_id") or os.urandom(8).hex()
     queue = server.hub.connect(client_id)
-    queue.put_nowait(json.dumps({**status_message(server.store), "data": {
-        **status_message(server.store)["data"], "sid": client_id}}))
+    greeting = status_message(server.store)
+    greeting["data"]["sid"] = client_id
+    queue.put_nowait(json.dumps(greeting))
 
     async def send_all() -> None:
         while True:

@@ -95,8 +95,8 @@ class TensorFile:
 
 
 def split_parts(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, str]]:
-    """Each part's keys without the part prefix, mapped to the file's keys. Keys outside the parts (EMA copies, schedule buffers) are
-    not ours to use and are ignored, as every SD loader does."""
+    """Each part's keys without the part prefix, mapped to the file's keys. Keys outside the parts (EMA copies,
+    schedule buffers) are not ours to use and are ignored, as every SD loader does."""
     parts = {name: {} for name in PARTS}
     for key in tensors:
         for name, (prefix, _, _) in PARTS.items():
@@ -129,8 +129,8 @@ def build_part(file: TensorFile, name: str, keys: dict[str, str | None], device:
     missing, unexpected = sorted(set(expected) - set(keys)), sorted(set(keys) - set(expected))
     if missing or unexpected:
         raise CheckpointError(path, describe_mismatch(PARTS[name][0], missing, unexpected))
-    wrong = [f"{PARTS[name][0]}{key} {tuple(file.shapes[file_key].shape)} (expected {tuple(expected[key].shape)})"
-             for key, file_key in keys.items() if file_key is not None and file.shapes[file_key].shape != expected[key].shape]
+    wrong = [f"{PARTS[name][0]}{key} {tuple(shape.shape)} (expected {tuple(expected[key].shape)})"
+             for key, shape in shapes.items() if shape.shape != expected[key].shape]
     if wrong:
         raise CheckpointError(path, f"{len(wrong)} {name} tensor(s) do not fit the inferred architecture: {', '.join(wrong[:10])}")
     placed = {}
