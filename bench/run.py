@@ -10,6 +10,7 @@ spread = max - min) and writes bench/results/<section>.json.
 
 import argparse
 import json
+import math
 import platform
 import resource
 import statistics
@@ -111,6 +112,45 @@ def load_worker(which: str, path: str) -> None:
     print(json.dumps({"seconds": seconds, "peak_rss_bytes": peak_rss()}))
 
 
+def big_decode_worker(which: str, path: str, size: int, out: str) -> None:
+    """Runs in a fresh process: decode one size x size picture in bf16, report time and the resident memory the
+    decode added at its peak, and save the pixels for comparison."""
+    from bench.reference import load_diffusers
+    from nodegraph.sd import load_checkpoint
+
+    latent = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
+    if which.startswith("nodegraph"):
+        vae = load_checkpoint(path, device="cpu", dtype=torch.bfloat16).vae
+        if which == "nodegraph whole":
+            decode = lambda: vae.decoder(vae.post_quant_conv(latent.bfloat16())).float()  # noqa: E731
+        else:
+            decode = lambda: vae.decode(latent)  # noqa: E731
+    else:
+        vae = load_diffusers(Path(path), torch.bfloat16)[1].to(memory_format=torch.channels_last)
+        if which == "diffusers tiled":
+            vae.enable_tiling()
+        decode = lambda: vae.decode(latent.bfloat16()).sample.float()  # noqa: E731
+    import ctypes
+    import gc
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    before = current_rss()
+    Path("/proc/self/clear_refs").write_text("5")  # restart the peak (VmHWM) from here
+    started = time.perf_counter()
+    with torch.no_grad():
+        pixels = decode()
+    seconds = time.perf_counter() - started
+    torch.save(pixels, out)
+    print(json.dumps({"seconds": seconds, "added_peak_rss_bytes": peak_rss() - before}))
+
+
+def current_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
 def peak_rss() -> int:
     """This process's peak resident memory (VmHWM). Not ru_maxrss: a child started by fork+exec inherits its
     parent's maximum there, and the harness's parent process holds models by then."""
@@ -148,6 +188,36 @@ def bench_load(path: Path, repeats: int) -> None:
     print(f"  (a process that only imports torch/safetensors/transformers peaks at "
           f"{results['import_only_peak_rss_bytes'] / 2**30:.2f} GiB)")
     save("load", results)
+
+
+def bench_big_decode(path: Path, size: int = 1024) -> None:
+    """A big VAE decode: nodegraph's default (bands above 512x512) and whole, diffusers' whole and tiled
+    (enable_tiling), each in a fresh process: time, memory the decode adds, and how far it is from a whole decode."""
+    import tempfile
+    runs = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for which in ("nodegraph whole", "nodegraph bands", "diffusers whole", "diffusers tiled"):
+            out = Path(folder) / f"{which}.pt"
+            report = subprocess.run([sys.executable, "-m", "bench.run", "--big-decode-worker", which, str(path), str(size), str(out)],
+                                    cwd=ROOT, capture_output=True, text=True, check=True).stdout
+            runs[which] = json.loads(report.strip().splitlines()[-1])
+            runs[which]["pixels"] = torch.load(out, weights_only=True)
+    print(f"\nVAE decode {size}x{size}, bf16, fresh process each")
+    for which, run in runs.items():
+        whole = runs[which.split()[0] + " whole"]["pixels"]
+        run["psnr_vs_whole_db"] = psnr(run["pixels"], whole) if run is not runs[which.split()[0] + " whole"] else None
+        gap = f"   PSNR vs its whole decode {run['psnr_vs_whole_db']:.1f} dB" if run["psnr_vs_whole_db"] is not None else ""
+        print(f"  {which:<16} {run['seconds']:7.1f} s   memory added at peak {run['added_peak_rss_bytes'] / 2**30:5.2f} GiB{gap}")
+    for run in runs.values():
+        del run["pixels"]
+    save("big_decode", {"size": size, **runs})
+
+
+def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
+    """On 8-bit pictures, as a user would compare them."""
+    to_8bit = lambda x: ((x / 2 + 0.5).clamp(0, 1) * 255).round()  # noqa: E731
+    mse = (to_8bit(image) - to_8bit(reference)).square().mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
 @torch.no_grad()
@@ -219,12 +289,14 @@ def bench_executor(repeats: int) -> None:
     save("executor", results)
 
 
-SECTIONS = ["unet", "vae", "load", "executor", "txt2img"]
+SECTIONS = ["unet", "vae", "bigvae", "load", "executor", "txt2img"]
 
 
 def main() -> None:
     if len(sys.argv) >= 2 and sys.argv[1] == "--load-worker":
         return load_worker(sys.argv[2], sys.argv[3])
+    if len(sys.argv) >= 2 and sys.argv[1] == "--big-decode-worker":
+        return big_decode_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sections", nargs="*", choices=SECTIONS + [[]], default=[])
     parser.add_argument("--repeats", type=int, default=3)
@@ -239,6 +311,8 @@ def main() -> None:
         bench_unet(path, args.repeats)
     if "vae" in sections:
         bench_vae_and_text(path, args.repeats)
+    if "bigvae" in sections:
+        bench_big_decode(path)
     if "load" in sections:
         bench_load(path, args.repeats)
     if "executor" in sections:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import multi_head_attention
+from .layers import Conv2d
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,10 @@ class ResnetBlock(nn.Module):
     def __init__(self, channels: int, out_channels: int):
         super().__init__()
         self.norm1 = group_norm(channels)
-        self.conv1 = nn.Conv2d(channels, out_channels, 3, padding=1)
+        self.conv1 = Conv2d(channels, out_channels, 3, padding=1)
         self.norm2 = group_norm(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.nin_shortcut = nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
+        self.nin_shortcut = nn.Identity() if channels == out_channels else Conv2d(channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -61,10 +62,10 @@ class AttnBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.norm = group_norm(channels)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.q = Conv2d(channels, channels, 1)
+        self.k = Conv2d(channels, channels, 1)
+        self.v = Conv2d(channels, channels, 1)
+        self.proj_out = Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
@@ -77,7 +78,7 @@ class AttnBlock(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+        self.conv = Conv2d(channels, channels, 3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))  # LDM pads right/bottom only, then convolves unpadded
@@ -86,7 +87,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -124,7 +125,7 @@ class Encoder(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
         ch = config.base_channels
-        self.conv_in = nn.Conv2d(config.in_channels, ch, 3, padding=1)
+        self.conv_in = Conv2d(config.in_channels, ch, 3, padding=1)
         self.down = nn.ModuleList()
         channels = ch
         for level, mult in enumerate(config.channel_mult):
@@ -136,7 +137,7 @@ class Encoder(nn.Module):
             self.down.append(Level(blocks, None if last else ("downsample", Downsample(channels))))
         self.mid = Mid(channels)
         self.norm_out = group_norm(channels)
-        self.conv_out = nn.Conv2d(channels, 2 * config.latent_channels, 3, padding=1)
+        self.conv_out = Conv2d(channels, 2 * config.latent_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
@@ -150,7 +151,7 @@ class Decoder(nn.Module):
         super().__init__()
         ch = config.base_channels
         channels = ch * config.channel_mult[-1]
-        self.conv_in = nn.Conv2d(config.latent_channels, channels, 3, padding=1)
+        self.conv_in = Conv2d(config.latent_channels, channels, 3, padding=1)
         self.mid = Mid(channels)
         # up.N is indexed by resolution level like the encoder's down.N, so up.0 (full resolution) runs last.
         levels = {}
@@ -162,13 +163,28 @@ class Decoder(nn.Module):
             levels[level] = Level(blocks, None if level == 0 else ("upsample", Upsample(channels)))
         self.up = nn.ModuleList(levels[level] for level in range(len(config.channel_mult)))
         self.norm_out = group_norm(channels)
-        self.conv_out = nn.Conv2d(channels, config.out_channels, 3, padding=1)
+        self.conv_out = Conv2d(channels, config.out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.mid(self.conv_in(z))
         for level in reversed(self.up):
             x = level(x)
         return self.conv_out(F.silu(self.norm_out(x)))
+
+    def forward_in_bands(self, z: torch.Tensor, band_elements: int) -> torch.Tensor:
+        """The same computation as forward, for pictures whose full-resolution activations would not fit: the
+        latent-resolution part (with the only, global, attention) runs whole; above it every layer runs in bands of
+        rows (with the rows each 3x3 convolution needs from its neighbours) into one tensor per layer, so the
+        temporaries of the norms, activations and convolutions exist for one band only. Each group norm takes the
+        statistics of its whole input, so the result equals forward's: no seams, no tone shifts between parts."""
+        x = self.mid(self.conv_in(z)).contiguous(memory_format=torch.channels_last)
+        for level in reversed(self.up):
+            for block in level.block:
+                x = resnet_block_in_bands(block, x, band_elements)
+            if level.resample_name:
+                x = upsample_in_bands(level.upsample, x, band_elements)
+        statistics = group_statistics(self.norm_out, x, band_elements)
+        return conv3x3_in_bands(self.conv_out, x, lambda rows: F.silu(normalize(self.norm_out, statistics, rows), inplace=True), band_elements)
 
 
 class VAE(nn.Module):
@@ -182,8 +198,8 @@ class VAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        self.quant_conv = nn.Conv2d(2 * config.latent_channels, 2 * config.latent_channels, 1)
-        self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
+        self.quant_conv = Conv2d(2 * config.latent_channels, 2 * config.latent_channels, 1)
+        self.post_quant_conv = Conv2d(config.latent_channels, config.latent_channels, 1)
 
     def _place(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.post_quant_conv.weight
@@ -194,58 +210,80 @@ class VAE(nn.Module):
         moments = self.quant_conv(self.encoder(self._place(image)))
         return moments[:, : self.config.latent_channels].float().cpu()
 
-    # Latents with a side above this many cells are decoded in tiles: a 2048px image (256 cells) would otherwise
-    # hold several GB of activations at full resolution.
-    tile_threshold: int = 128
-    tile_size: int = 64  # cells (512px, the size SD 1.x was trained at)
-    tile_overlap: int = 16
+    # Above this many latent cells per picture (512x512 pixels), decode in bands of rows: the same result, with the
+    # norms', activations' and convolutions' temporaries at full resolution held for one band at a time.
+    whole_decode_cells: int = 64 * 64
+    band_elements: int = 2**24
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        if max(latent.shape[-2:]) > self.tile_threshold:
-            return self.decode_tiled(latent, self.tile_size, self.tile_overlap)
-        return self._decode(latent)
-
-    def _decode(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(self._place(latent))).float().cpu()
-
-    @torch.no_grad()
-    def decode_tiled(self, latent: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
-        """Decode overlapping tiles and blend them with linear ramps across each overlap, so no seam shows while
-        memory stays that of one tile."""
-        scale = self.config.downscale
-        batch, _, height, width = latent.shape
-        out = torch.zeros(batch, self.config.out_channels, height * scale, width * scale)
-        weight = torch.zeros(1, 1, height * scale, width * scale)
-        for top in tile_starts(height, tile, overlap):
-            for left in tile_starts(width, tile, overlap):
-                bottom, right = min(top + tile, height), min(left + tile, width)
-                pixels = self._decode(latent[:, :, top:bottom, left:right])
-                ramp = (blend_ramp(bottom - top, top > 0, bottom < height, overlap, scale)[:, None]
-                        * blend_ramp(right - left, left > 0, right < width, overlap, scale)[None, :])
-                rows, cols = slice(top * scale, bottom * scale), slice(left * scale, right * scale)
-                out[:, :, rows, cols] += pixels * ramp
-                weight[:, :, rows, cols] += ramp
-        return out / weight
+        z = self.post_quant_conv(self._place(latent))
+        if latent.shape[-2] * latent.shape[-1] > self.whole_decode_cells:
+            return self.decoder.forward_in_bands(z, self.band_elements).float().cpu()
+        return self.decoder(z).float().cpu()
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Where tiles begin along one axis: every tile - overlap cells, the last one flush with the end."""
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    return starts + [length - tile]
+def row_bands(height: int, row_elements: int, band_elements: int) -> list[tuple[int, int]]:
+    """Row ranges [start, stop) covering `height` rows, about band_elements elements each."""
+    rows = max(16, band_elements // row_elements)  # each band recomputes 2 rows of its neighbours: keep that small
+    return [(start, min(start + rows, height)) for start in range(0, height, rows)]
 
 
-def blend_ramp(cells: int, fade_in: bool, fade_out: bool, overlap: int, scale: int) -> torch.Tensor:
-    """Per-pixel weights along one side of a tile: rising over the overlap where a neighbour precedes it, falling
-    where one follows; never exactly zero, so every pixel has weight."""
-    size, ramp = cells * scale, overlap * scale
-    weights = torch.ones(size)
-    rise = (torch.arange(ramp, dtype=torch.float32) + 0.5) / ramp
-    if fade_in:
-        weights[:ramp] = torch.minimum(weights[:ramp], rise)
-    if fade_out:
-        weights[-ramp:] = torch.minimum(weights[-ramp:], rise.flip(0))
-    return weights
+def group_statistics(norm: nn.GroupNorm, x: torch.Tensor, band_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance per sample and group over all of x, combined from each band's (the group norm kernel
+    reports them beside its output, faster than any separate reduction here)."""
+    batch, channels, height, width = x.shape
+    mean, square = torch.zeros(batch, norm.num_groups, dtype=torch.float64), torch.zeros(batch, norm.num_groups, dtype=torch.float64)
+    for start, stop in row_bands(height, batch * channels * width, band_elements):
+        band = x[:, :, start:stop].contiguous(memory_format=torch.channels_last)  # a copy only for a batch of several
+        _, band_mean, band_rstd = torch.native_group_norm(band, None, None, batch, channels, band[0, 0].numel(), norm.num_groups, norm.eps)
+        band_mean, band_variance = band_mean.double().cpu(), band_rstd.double().cpu().pow(-2) - norm.eps
+        share = (stop - start) / height
+        mean += band_mean.reshape(batch, -1) * share
+        square += (band_variance + band_mean.square()).reshape(batch, -1) * share
+    return mean.float().to(x.device), (square - mean.square()).clamp_min(0).float().to(x.device)
+
+
+def normalize(norm: nn.GroupNorm, statistics: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """norm(x) for a band of its input, with the statistics of the whole: as a batch norm whose running statistics
+    are the group's, one sample at a time (a group norm's statistics are per sample)."""
+    mean, variance = statistics
+    per_channel = x.shape[1] // norm.num_groups
+    return torch.cat([F.batch_norm(x[i:i + 1], mean[i].repeat_interleave(per_channel), variance[i].repeat_interleave(per_channel),
+                                   norm.weight.float(), norm.bias.float(), False, 0.0, norm.eps) for i in range(x.shape[0])])
+
+
+def conv3x3_in_bands(conv: nn.Conv2d, x: torch.Tensor, before, band_elements: int, out: torch.Tensor | None = None,
+                     upscale: int = 1) -> torch.Tensor:
+    """conv(before(x)), band by band. A band reads one more row of x on either side (a 3x3 convolution's reach, in
+    rows before `before` upscales them) and keeps only its own rows of the result. Adds into `out` when given."""
+    batch, channels, height, width = x.shape
+    adding = out is not None
+    if out is None:  # channels-last like the convolutions' own outputs, so a band of rows is one block of memory
+        out = torch.empty(batch, conv.out_channels, height * upscale, width * upscale, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    row_elements = batch * max(channels, conv.out_channels) * width * upscale * upscale
+    for start, stop in row_bands(height, row_elements, band_elements):
+        low, high = max(start - 1, 0), min(stop + 1, height)
+        result = conv(before(x[:, :, low:high]))
+        skip = (start - low) * upscale
+        result, target = result[:, :, skip:skip + (stop - start) * upscale], out[:, :, start * upscale:stop * upscale]
+        target.add_(result) if adding else target.copy_(result)
+    return out
+
+
+def resnet_block_in_bands(block: "ResnetBlock", x: torch.Tensor, band_elements: int) -> torch.Tensor:
+    first = group_statistics(block.norm1, x, band_elements)
+    h = conv3x3_in_bands(block.conv1, x, lambda rows: F.silu(normalize(block.norm1, first, rows), inplace=True), band_elements)
+    second = group_statistics(block.norm2, h, band_elements)
+    if isinstance(block.nin_shortcut, nn.Identity):
+        out = x  # conv2 reads h, not x: the block's result can be added into x in place
+    else:
+        batch, _, height, width = x.shape
+        out = torch.empty(batch, block.nin_shortcut.out_channels, height, width, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        for start, stop in row_bands(height, batch * max(x.shape[1], out.shape[1]) * width, band_elements):
+            out[:, :, start:stop] = block.nin_shortcut(x[:, :, start:stop])
+    return conv3x3_in_bands(block.conv2, h, lambda rows: F.silu(normalize(block.norm2, second, rows), inplace=True), band_elements, out=out)
+
+
+def upsample_in_bands(upsample: "Upsample", x: torch.Tensor, band_elements: int) -> torch.Tensor:
+    return conv3x3_in_bands(upsample.conv, x, lambda rows: F.interpolate(rows, scale_factor=2.0, mode="nearest"), band_elements, upscale=2)
