@@ -221,7 +221,7 @@ def main() -> None:
     unique_ids = tokenizer(unique)
     token_ids = unique_ids[torch.tensor([unique.index(c) for c in captions])]
     if args.unet_from:  # the UNet and text encoder of an earlier run's checkpoint
-        trained = load_checkpoint(args.unet_from, device="cpu", dtype=torch.float32)
+        trained = load_checkpoint(args.unet_from, device="cpu", dtype=torch.float32, pack_weights=False)
         unet, text_encoder = trained.unet, trained.text_encoder
     else:
         with sdpa_kernel(SDPBackend.MATH):  # faster than the flash kernel for these tiny heads on the CPU

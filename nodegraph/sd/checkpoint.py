@@ -13,6 +13,7 @@ import torch
 
 from ..device import pick_device, pick_dtype, pick_vae_dtype
 from .clip import TextEncoder, TextEncoderConfig
+from .layers import can_pack, pack_convolutions
 from .tensorfile import FormatError, SafetensorsReader
 from .tokenizer import Tokenizer
 from .unet import UNet, UNetConfig
@@ -114,7 +115,8 @@ def split_parts(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, dict[
     return parts
 
 
-def build_part(file: TensorFile, name: str, keys: dict[str, str | None], device: torch.device, dtype: torch.dtype):
+def build_part(file: TensorFile, name: str, keys: dict[str, str | None], device: torch.device, dtype: torch.dtype,
+               pack_weights: bool = False):
     """Build one part on the meta device and assign the file's tensors into it: one strict load, nothing converted twice."""
     path = file.path
     _, module_class, config_class = PARTS[name]
@@ -140,7 +142,10 @@ def build_part(file: TensorFile, name: str, keys: dict[str, str | None], device:
         else:
             placed[key] = file.read(file_key, device, dtype)
     module.load_state_dict(placed, strict=True, assign=True)
-    return module.eval().requires_grad_(False)
+    module.eval().requires_grad_(False)
+    if pack_weights and can_pack(device, dtype):
+        pack_convolutions(module)
+    return module
 
 
 def place(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -165,9 +170,13 @@ def load_checkpoint(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     allow_pickle: bool = False,
+    pack_weights: bool = True,
 ) -> StableDiffusion:
     """Load an SD 1.x single-file checkpoint. device None: CUDA when present, else CPU; dtype None: fp16 on CUDA, bf16
-    on CPUs with native bf16 matrices, else fp32. The VAE never runs in fp16 (it overflows)."""
+    on CPUs with native bf16 matrices, else fp32. The VAE never runs in fp16 (it overflows).
+
+    On the CPU, convolution weights are packed for inference (nodegraph.sd.layers); pack_weights=False keeps them
+    plain tensors, for training, saving or moving the modules."""
     path = Path(path)
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)
@@ -176,8 +185,8 @@ def load_checkpoint(
     return StableDiffusion(
         tokenizer=Tokenizer(),
         text_encoder=build_part(file, "text_encoder", parts["text_encoder"], device, dtype),
-        unet=build_part(file, "unet", parts["unet"], device, dtype),
-        vae=build_part(file, "vae", parts["vae"], device, pick_vae_dtype(device, dtype)),
+        unet=build_part(file, "unet", parts["unet"], device, dtype, pack_weights),
+        vae=build_part(file, "vae", parts["vae"], device, pick_vae_dtype(device, dtype), pack_weights),
         device=device,
         dtype=dtype,
     )

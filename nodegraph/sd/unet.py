@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import multi_head_attention
+from .layers import Conv2d
 
 HEADS = 8  # SD 1.x uses 8 heads in every transformer block; shapes alone cannot tell
 
@@ -69,10 +70,10 @@ def group_norm(channels: int, eps: float) -> nn.GroupNorm:
 class ResBlock(nn.Module):
     def __init__(self, channels: int, out_channels: int, embed_dim: int):
         super().__init__()
-        self.in_layers = nn.Sequential(group_norm(channels, 1e-5), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(group_norm(channels, 1e-5), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(embed_dim, out_channels))
-        self.out_layers = nn.Sequential(group_norm(out_channels, 1e-5), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out_channels, out_channels, 3, padding=1))
-        self.skip_connection = nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+        self.out_layers = nn.Sequential(group_norm(out_channels, 1e-5), nn.SiLU(), nn.Dropout(0.0), Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip_connection = nn.Identity() if channels == out_channels else Conv2d(channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x) + self.emb_layers(emb)[:, :, None, None]
@@ -132,7 +133,7 @@ class SpatialTransformer(nn.Module):
     def __init__(self, channels: int, config: UNetConfig):
         super().__init__()
         self.linear_projection = config.linear_projection
-        project = (lambda: nn.Linear(channels, channels)) if config.linear_projection else (lambda: nn.Conv2d(channels, channels, 1))
+        project = (lambda: nn.Linear(channels, channels)) if config.linear_projection else (lambda: Conv2d(channels, channels, 1))
         self.norm = group_norm(channels, 1e-6)
         self.proj_in = project()
         self.transformer_blocks = nn.ModuleList(TransformerBlock(channels, config.context_dim, HEADS) for _ in range(config.transformer_depth))
@@ -159,7 +160,7 @@ class SpatialTransformer(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -168,7 +169,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, size: torch.Size | None = None) -> torch.Tensor:
         # Upsampling to the skip's size (rather than x2) keeps latents whose sides are not powers of two working.
@@ -202,7 +203,7 @@ class UNet(nn.Module):
         embed_dim = mc * 4
         self.time_embed = nn.Sequential(nn.Linear(mc, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
 
-        self.input_blocks = nn.ModuleList([Block([nn.Conv2d(config.in_channels, mc, 3, padding=1)])])
+        self.input_blocks = nn.ModuleList([Block([Conv2d(config.in_channels, mc, 3, padding=1)])])
         skip_channels = [mc]
         channels = mc
         last_level = len(config.channel_mult) - 1
@@ -231,7 +232,7 @@ class UNet(nn.Module):
                     layers.append(Upsample(channels))
                 self.output_blocks.append(Block(layers))
 
-        self.out = nn.Sequential(group_norm(channels, 1e-5), nn.SiLU(), nn.Conv2d(channels, config.out_channels, 3, padding=1))
+        self.out = nn.Sequential(group_norm(channels, 1e-5), nn.SiLU(), Conv2d(channels, config.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
         weight = self.out[2].weight
