@@ -13,7 +13,7 @@ import torch
 
 from ..device import pick_device, pick_dtype, pick_vae_dtype
 from .clip import TextEncoder, TextEncoderConfig
-from .layers import can_pack, pack_convolutions
+from .layers import can_pack, packed_weight, packs
 from .tensorfile import FormatError, SafetensorsReader
 from .tokenizer import Tokenizer
 from .unet import UNet, UNetConfig
@@ -135,17 +135,17 @@ def build_part(file: TensorFile, name: str, keys: dict[str, str | None], device:
              for key, shape in shapes.items() if shape.shape != expected[key].shape]
     if wrong:
         raise CheckpointError(path, f"{len(wrong)} {name} tensor(s) do not fit the inferred architecture: {', '.join(wrong[:10])}")
+    packing = {f"{name}.weight": conv for name, conv in module.named_modules() if packs(conv)} if pack_weights and can_pack(device, dtype) else {}
     placed = {}
     for key, file_key in keys.items():
         if file_key is None:  # a buffer we compute rather than trust (position_ids)
             placed[key] = torch.arange(expected[key].shape[-1], device=device).unsqueeze(0)
+        elif key in packing:  # packed as soon as read, so the plain copy is gone before the next tensor comes
+            placed[key] = packed_weight(packing[key], file.read(file_key, device, dtype))
         else:
             placed[key] = file.read(file_key, device, dtype)
     module.load_state_dict(placed, strict=True, assign=True)
-    module.eval().requires_grad_(False)
-    if pack_weights and can_pack(device, dtype):
-        pack_convolutions(module)
-    return module
+    return module.eval().requires_grad_(False)
 
 
 def place(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
