@@ -172,17 +172,19 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(x)))
 
     def forward_in_bands(self, z: torch.Tensor, band_elements: int) -> torch.Tensor:
-        """The same computation as forward, for pictures whose full-resolution activations would not fit: the
-        latent-resolution part (with the only, global, attention) runs whole; above it every layer runs in bands of
-        rows (with the rows each 3x3 convolution needs from its neighbours) into one tensor per layer, so the
-        temporaries of the norms, activations and convolutions exist for one band only. Each group norm takes the
-        statistics of its whole input, so the result equals forward's: no seams, no tone shifts between parts."""
+        """The same computation as forward, for big pictures, with much less memory: the latent-resolution part
+        (with the only, global, attention) runs whole; above it every layer runs in bands of rows (each reading the
+        rows its 3x3 convolution needs from its neighbours) into one tensor per layer, so the temporaries of the
+        norms, activations and convolutions exist for one band only. The largest of those tensors, the upsampled
+        input of the full-resolution level, is never held: its rows are computed when read (twice: once for its
+        group-norm statistics, once for use). Each group norm takes the statistics of its whole input, so the
+        result equals forward's: no seams, no tone shifts between parts."""
         x = self.mid(self.conv_in(z)).contiguous(memory_format=torch.channels_last)
         for level in reversed(self.up):
             for block in level.block:
                 x = resnet_block_in_bands(block, x, band_elements)
             if level.resample_name:
-                x = upsample_in_bands(level.upsample, x, band_elements)
+                x = UpsampledRows(level.upsample, x) if level is self.up[1] else upsample_in_bands(level.upsample, x, band_elements)
         statistics = group_statistics(self.norm_out, x, band_elements)
         return conv3x3_in_bands(self.conv_out, x, lambda rows: F.silu(normalize(self.norm_out, statistics, rows), inplace=True), band_elements)
 
@@ -229,19 +231,38 @@ def row_bands(height: int, row_elements: int, band_elements: int) -> list[tuple[
     return [(start, min(start + rows, height)) for start in range(0, height, rows)]
 
 
-def group_statistics(norm: nn.GroupNorm, x: torch.Tensor, band_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
+class UpsampledRows:
+    """upsample(x) [B,C,2H,2W], never held whole: each read computes the rows asked for from the rows of x they
+    need (a 3x3 convolution after nearest-neighbour doubling reaches one row of x beyond each side)."""
+
+    def __init__(self, upsample: "Upsample", x: torch.Tensor):
+        self.upsample, self.x = upsample, x
+        batch, _, height, width = x.shape
+        self.shape = torch.Size((batch, upsample.conv.out_channels, 2 * height, 2 * width))
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        low, high = max((start - 1) // 2, 0), min((stop + 2) // 2, self.x.shape[-2])
+        result = self.upsample(self.x[:, :, low:high])
+        return result[:, :, start - 2 * low:stop - 2 * low]
+
+
+def read_rows(source: "torch.Tensor | UpsampledRows", start: int, stop: int) -> torch.Tensor:
+    return source[:, :, start:stop] if isinstance(source, torch.Tensor) else source.rows(start, stop)
+
+
+def group_statistics(norm: nn.GroupNorm, x: "torch.Tensor | UpsampledRows", band_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance per sample and group over all of x, combined from each band's (the group norm kernel
     reports them beside its output, faster than any separate reduction here)."""
     batch, channels, height, width = x.shape
     mean, square = torch.zeros(batch, norm.num_groups, dtype=torch.float64), torch.zeros(batch, norm.num_groups, dtype=torch.float64)
     for start, stop in row_bands(height, batch * channels * width, band_elements):
-        band = x[:, :, start:stop].contiguous(memory_format=torch.channels_last)  # a copy only for a batch of several
+        band = read_rows(x, start, stop).contiguous(memory_format=torch.channels_last)  # a copy only for a batch of several
         _, band_mean, band_rstd = torch.native_group_norm(band, None, None, batch, channels, band[0, 0].numel(), norm.num_groups, norm.eps)
         band_mean, band_variance = band_mean.double().cpu(), band_rstd.double().cpu().pow(-2) - norm.eps
         share = (stop - start) / height
         mean += band_mean.reshape(batch, -1) * share
         square += (band_variance + band_mean.square()).reshape(batch, -1) * share
-    return mean.float().to(x.device), (square - mean.square()).clamp_min(0).float().to(x.device)
+    return mean.float().to(band.device), (square - mean.square()).clamp_min(0).float().to(band.device)
 
 
 def normalize(norm: nn.GroupNorm, statistics: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -253,35 +274,49 @@ def normalize(norm: nn.GroupNorm, statistics: tuple[torch.Tensor, torch.Tensor],
                                    norm.weight.float(), norm.bias.float(), False, 0.0, norm.eps) for i in range(x.shape[0])])
 
 
-def conv3x3_in_bands(conv: nn.Conv2d, x: torch.Tensor, before, band_elements: int, out: torch.Tensor | None = None,
-                     upscale: int = 1) -> torch.Tensor:
+def empty_like_rows(x: "torch.Tensor | UpsampledRows", channels: int, upscale: int = 1) -> torch.Tensor:
+    """Channels-last like the convolutions' own outputs, so a band of rows is one block of memory."""
+    batch, _, height, width = x.shape
+    weight = x.upsample.conv.weight if isinstance(x, UpsampledRows) else x
+    return torch.empty(batch, channels, height * upscale, width * upscale, dtype=weight.dtype, device=weight.device,
+                       memory_format=torch.channels_last)
+
+
+def conv3x3_in_bands(conv: nn.Conv2d, x: "torch.Tensor | UpsampledRows", before, band_elements: int,
+                     out: torch.Tensor | None = None, upscale: int = 1, shortcut: tuple[nn.Module, torch.Tensor] | None = None) -> torch.Tensor:
     """conv(before(x)), band by band. A band reads one more row of x on either side (a 3x3 convolution's reach, in
-    rows before `before` upscales them) and keeps only its own rows of the result. Adds into `out` when given."""
+    rows before `before` upscales them) and keeps only its own rows of the result. Adds into `out` when given.
+    With `shortcut` (module, tensor), also writes module(band's own rows of x) into that tensor, from the same read."""
     batch, channels, height, width = x.shape
     adding = out is not None
-    if out is None:  # channels-last like the convolutions' own outputs, so a band of rows is one block of memory
-        out = torch.empty(batch, conv.out_channels, height * upscale, width * upscale, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    if out is None:
+        out = empty_like_rows(x, conv.out_channels, upscale)
     row_elements = batch * max(channels, conv.out_channels) * width * upscale * upscale
     for start, stop in row_bands(height, row_elements, band_elements):
         low, high = max(start - 1, 0), min(stop + 1, height)
-        result = conv(before(x[:, :, low:high]))
+        rows = read_rows(x, low, high)
+        if shortcut is not None:
+            module, into = shortcut
+            into[:, :, start:stop] = module(rows[:, :, start - low:stop - low])
+        result = conv(before(rows))
         skip = (start - low) * upscale
         result, target = result[:, :, skip:skip + (stop - start) * upscale], out[:, :, start * upscale:stop * upscale]
         target.add_(result) if adding else target.copy_(result)
     return out
 
 
-def resnet_block_in_bands(block: "ResnetBlock", x: torch.Tensor, band_elements: int) -> torch.Tensor:
+def resnet_block_in_bands(block: "ResnetBlock", x: "torch.Tensor | UpsampledRows", band_elements: int) -> torch.Tensor:
     first = group_statistics(block.norm1, x, band_elements)
-    h = conv3x3_in_bands(block.conv1, x, lambda rows: F.silu(normalize(block.norm1, first, rows), inplace=True), band_elements)
-    second = group_statistics(block.norm2, h, band_elements)
+    before_conv1 = lambda rows: F.silu(normalize(block.norm1, first, rows), inplace=True)  # noqa: E731
     if isinstance(block.nin_shortcut, nn.Identity):
+        if isinstance(x, UpsampledRows):
+            x = upsample_in_bands(x.upsample, x.x, band_elements)
+        h = conv3x3_in_bands(block.conv1, x, before_conv1, band_elements)
         out = x  # conv2 reads h, not x: the block's result can be added into x in place
-    else:
-        batch, _, height, width = x.shape
-        out = torch.empty(batch, block.nin_shortcut.out_channels, height, width, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-        for start, stop in row_bands(height, batch * max(x.shape[1], out.shape[1]) * width, band_elements):
-            out[:, :, start:stop] = block.nin_shortcut(x[:, :, start:stop])
+    else:  # the shortcut reads the same rows of x as conv1: one pass, and x need never be held whole
+        out = empty_like_rows(x, block.nin_shortcut.out_channels)
+        h = conv3x3_in_bands(block.conv1, x, before_conv1, band_elements, shortcut=(block.nin_shortcut, out))
+    second = group_statistics(block.norm2, h, band_elements)
     return conv3x3_in_bands(block.conv2, h, lambda rows: F.silu(normalize(block.norm2, second, rows), inplace=True), band_elements, out=out)
 
 
