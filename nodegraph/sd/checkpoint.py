@@ -135,7 +135,8 @@ def build_part(file: TensorFile, name: str, keys: dict[str, str | None], device:
              for key, shape in shapes.items() if shape.shape != expected[key].shape]
     if wrong:
         raise CheckpointError(path, f"{len(wrong)} {name} tensor(s) do not fit the inferred architecture: {', '.join(wrong[:10])}")
-    packing = {f"{name}.weight": conv for name, conv in module.named_modules() if packs(conv)} if pack_weights and can_pack(device, dtype) else {}
+    packing = ({f"{name}.weight": layer for name, layer in module.named_modules() if packs(layer, dtype)}
+               if pack_weights and can_pack(device, dtype) else {})
     placed = {}
     for key, file_key in keys.items():
         if file_key is None:  # a buffer we compute rather than trust (position_ids)

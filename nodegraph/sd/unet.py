@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import multi_head_attention
-from .layers import Conv2d
+from .layers import Conv2d, Linear
 
 HEADS = 8  # SD 1.x uses 8 heads in every transformer block; shapes alone cannot tell
 
@@ -71,7 +71,7 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, out_channels: int, embed_dim: int):
         super().__init__()
         self.in_layers = nn.Sequential(group_norm(channels, 1e-5), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1))
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(embed_dim, out_channels))
+        self.emb_layers = nn.Sequential(nn.SiLU(), Linear(embed_dim, out_channels))
         self.out_layers = nn.Sequential(group_norm(out_channels, 1e-5), nn.SiLU(), nn.Dropout(0.0), Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip_connection = nn.Identity() if channels == out_channels else Conv2d(channels, out_channels, 1)
 
@@ -84,10 +84,10 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, context_dim: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.to_q = nn.Linear(dim, dim, bias=False)
-        self.to_k = nn.Linear(context_dim, dim, bias=False)
-        self.to_v = nn.Linear(context_dim, dim, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(0.0))
+        self.to_q = Linear(dim, dim, bias=False)
+        self.to_k = Linear(context_dim, dim, bias=False)
+        self.to_v = Linear(context_dim, dim, bias=False)
+        self.to_out = nn.Sequential(Linear(dim, dim), nn.Dropout(0.0))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
@@ -97,7 +97,7 @@ class CrossAttention(nn.Module):
 class GEGLU(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.proj = nn.Linear(dim, hidden * 2)
+        self.proj = Linear(dim, hidden * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, gate = self.proj(x).chunk(2, dim=-1)
@@ -107,7 +107,7 @@ class GEGLU(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
-        self.net = nn.Sequential(GEGLU(dim, dim * 4), nn.Dropout(0.0), nn.Linear(dim * 4, dim))
+        self.net = nn.Sequential(GEGLU(dim, dim * 4), nn.Dropout(0.0), Linear(dim * 4, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -133,7 +133,7 @@ class SpatialTransformer(nn.Module):
     def __init__(self, channels: int, config: UNetConfig):
         super().__init__()
         self.linear_projection = config.linear_projection
-        project = (lambda: nn.Linear(channels, channels)) if config.linear_projection else (lambda: Conv2d(channels, channels, 1))
+        project = (lambda: Linear(channels, channels)) if config.linear_projection else (lambda: Conv2d(channels, channels, 1))
         self.norm = group_norm(channels, 1e-6)
         self.proj_in = project()
         self.transformer_blocks = nn.ModuleList(TransformerBlock(channels, config.context_dim, HEADS) for _ in range(config.transformer_depth))
@@ -201,7 +201,7 @@ class UNet(nn.Module):
         self.config = config
         mc = config.model_channels
         embed_dim = mc * 4
-        self.time_embed = nn.Sequential(nn.Linear(mc, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+        self.time_embed = nn.Sequential(Linear(mc, embed_dim), nn.SiLU(), Linear(embed_dim, embed_dim))
 
         self.input_blocks = nn.ModuleList([Block([Conv2d(config.in_channels, mc, 3, padding=1)])])
         skip_channels = [mc]
