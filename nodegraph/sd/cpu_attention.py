@@ -80,6 +80,7 @@ def build() -> Path:
     folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nodegraph"
     target = folder / f"attention-{digest}.so"
     if not target.exists():
+        log.info("compiling the CPU attention kernel into %s (once, about 10 s)", target)
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder) as scratch:  # built aside, then renamed: never half-written
             built = Path(scratch) / target.name
