@@ -287,6 +287,8 @@ def conv3x3_in_bands(conv: nn.Conv2d, x: "torch.Tensor | UpsampledRows", before,
     """conv(before(x)), band by band. A band reads one more row of x on either side (a 3x3 convolution's reach, in
     rows before `before` upscales them) and keeps only its own rows of the result. Adds into `out` when given.
     With `shortcut` (module, tensor), also writes module(band's own rows of x) into that tensor, from the same read."""
+    if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1):
+        raise ValueError(f"band convolution needs a 3x3 kernel, padding 1 and stride 1, not {conv}")
     batch, channels, height, width = x.shape
     adding = out is not None
     if out is None:
