@@ -14,7 +14,7 @@ from torch import nn
 
 
 class Conv2d(nn.Conv2d):
-    """nn.Conv2d that runs from a packed weight once `pack_convolutions` has given it one."""
+    """nn.Conv2d that runs from a packed weight once it has one (`load_checkpoint` on the CPU, or `pack_weights`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight.is_mkldnn:
@@ -25,7 +25,7 @@ class Conv2d(nn.Conv2d):
 
 
 class Linear(nn.Linear):
-    """nn.Linear that runs from a packed weight once `pack_weights` has given it one."""
+    """nn.Linear that runs from a packed weight once it has one (`load_checkpoint` on the CPU, or `pack_weights`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight.is_mkldnn:
