@@ -59,7 +59,7 @@ def kernel() -> ctypes.CDLL | None:
     try:
         library = ctypes.CDLL(str(build()))
     except subprocess.CalledProcessError as error:
-        log.warning("CPU attention kernel did not compile, using PyTorch's: %s", error.stderr.strip()[-2000:])
+        log.warning("CPU attention kernel did not compile, using PyTorch's: %s", (error.stderr or "").strip()[-2000:] or error)
         return None
     except OSError as error:
         log.warning("CPU attention kernel unavailable, using PyTorch's: %s", error)
