@@ -184,9 +184,10 @@ class Decoder(nn.Module):
             for block in level.block:
                 x = resnet_block_in_bands(block, x, band_elements)
             if level.resample_name:
-                x = UpsampledRows(level.upsample, x) if level is self.up[1] else upsample_in_bands(level.upsample, x, band_elements)
-        statistics = group_statistics(self.norm_out, x, band_elements)
-        return conv3x3_in_bands(self.conv_out, x, lambda rows: F.silu(normalize(self.norm_out, statistics, rows), inplace=True), band_elements)
+                x = UpsampledRows(level.upsample, x)
+                if level is not self.up[1]:  # only the full-resolution level's input is worth computing twice
+                    x = x.held(band_elements)
+        return conv3x3_in_bands(self.conv_out, x, norm_then_silu(self.norm_out, x, band_elements), band_elements)
 
 
 class VAE(nn.Module):
@@ -232,27 +233,45 @@ def row_bands(height: int, row_elements: int, band_elements: int) -> list[tuple[
 
 
 class UpsampledRows:
-    """upsample(x) [B,C,2H,2W], never held whole: each read computes the rows asked for from the rows of x they
+    """upsample(x) [B,C,2H,2W], computed band by band: each read computes the rows asked for from the rows of x they
     need (a 3x3 convolution after nearest-neighbour doubling reaches one row of x beyond each side)."""
 
     def __init__(self, upsample: "Upsample", x: torch.Tensor):
         self.upsample, self.x = upsample, x
         batch, _, height, width = x.shape
         self.shape = torch.Size((batch, upsample.conv.out_channels, 2 * height, 2 * width))
+        self.dtype, self.device = x.dtype, x.device
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         low, high = max((start - 1) // 2, 0), min((stop + 2) // 2, self.x.shape[-2])
         result = self.upsample(self.x[:, :, low:high])
         return result[:, :, start - 2 * low:stop - 2 * low]
 
+    def held(self, band_elements: int) -> torch.Tensor:
+        """All rows in one tensor, computed band by band."""
+        batch, channels, height, width = self.shape
+        out = empty_rows(self, channels)
+        for start, stop in row_bands(height, batch * channels * width, band_elements):
+            out[:, :, start:stop] = self.rows(start, stop)
+        return out
+
 
 def read_rows(source: "torch.Tensor | UpsampledRows", start: int, stop: int) -> torch.Tensor:
     return source[:, :, start:stop] if isinstance(source, torch.Tensor) else source.rows(start, stop)
 
 
-def group_statistics(norm: nn.GroupNorm, x: "torch.Tensor | UpsampledRows", band_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance per sample and group over all of x, combined from each band's (the group norm kernel
-    reports them beside its output, faster than any separate reduction here)."""
+def empty_rows(x: "torch.Tensor | UpsampledRows", channels: int) -> torch.Tensor:
+    """A tensor of x's size with `channels` channels, channels-last like the convolutions' own outputs, so a band
+    of rows is one block of memory."""
+    batch, _, height, width = x.shape
+    return torch.empty(batch, channels, height, width, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+
+
+def norm_then_silu(norm: nn.GroupNorm, x: "torch.Tensor | UpsampledRows", band_elements: int):
+    """silu(norm(rows)) for any band of x's rows, with the group statistics of all of x: each band runs as a batch
+    norm whose per-channel running statistics are its group's, one sample at a time (a group norm's statistics are
+    per sample). The statistics come from each band's group norm kernel, which reports them beside its output,
+    faster than any separate reduction here."""
     batch, channels, height, width = x.shape
     mean, square = torch.zeros(batch, norm.num_groups, dtype=torch.float64), torch.zeros(batch, norm.num_groups, dtype=torch.float64)
     for start, stop in row_bands(height, batch * channels * width, band_elements):
@@ -262,65 +281,48 @@ def group_statistics(norm: nn.GroupNorm, x: "torch.Tensor | UpsampledRows", band
         share = (stop - start) / height
         mean += band_mean.reshape(batch, -1) * share
         square += (band_variance + band_mean.square()).reshape(batch, -1) * share
-    return mean.float().to(band.device), (square - mean.square()).clamp_min(0).float().to(band.device)
+    per_group = channels // norm.num_groups
+    means = mean.float().repeat_interleave(per_group, dim=1).to(x.device)
+    variances = (square - mean.square()).clamp_min(0).float().repeat_interleave(per_group, dim=1).to(x.device)
+    weight, bias = norm.weight.float(), norm.bias.float()
 
-
-def normalize(norm: nn.GroupNorm, statistics: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """norm(x) for a band of its input, with the statistics of the whole: as a batch norm whose running statistics
-    are the group's, one sample at a time (a group norm's statistics are per sample)."""
-    mean, variance = statistics
-    per_channel = x.shape[1] // norm.num_groups
-    return torch.cat([F.batch_norm(x[i:i + 1], mean[i].repeat_interleave(per_channel), variance[i].repeat_interleave(per_channel),
-                                   norm.weight.float(), norm.bias.float(), False, 0.0, norm.eps) for i in range(x.shape[0])])
-
-
-def empty_like_rows(x: "torch.Tensor | UpsampledRows", channels: int, upscale: int = 1) -> torch.Tensor:
-    """Channels-last like the convolutions' own outputs, so a band of rows is one block of memory."""
-    batch, _, height, width = x.shape
-    weight = x.upsample.conv.weight if isinstance(x, UpsampledRows) else x
-    return torch.empty(batch, channels, height * upscale, width * upscale, dtype=weight.dtype, device=weight.device,
-                       memory_format=torch.channels_last)
+    def apply(rows: torch.Tensor) -> torch.Tensor:
+        normalized = torch.cat([F.batch_norm(rows[i:i + 1], means[i], variances[i], weight, bias, False, 0.0, norm.eps)
+                                for i in range(rows.shape[0])])
+        return F.silu(normalized, inplace=True)
+    return apply
 
 
 def conv3x3_in_bands(conv: nn.Conv2d, x: "torch.Tensor | UpsampledRows", before, band_elements: int,
-                     out: torch.Tensor | None = None, upscale: int = 1, shortcut: tuple[nn.Module, torch.Tensor] | None = None) -> torch.Tensor:
-    """conv(before(x)), band by band. A band reads one more row of x on either side (a 3x3 convolution's reach, in
-    rows before `before` upscales them) and keeps only its own rows of the result. Adds into `out` when given.
-    With `shortcut` (module, tensor), also writes module(band's own rows of x) into that tensor, from the same read."""
+                     out: torch.Tensor | None = None, shortcut: tuple[nn.Module, torch.Tensor] | None = None) -> torch.Tensor:
+    """conv(before(x)), band by band. A band reads one more row of x on either side (a 3x3 convolution's reach) and
+    keeps only its own rows of the result. Adds into `out` when given. With `shortcut` (module, tensor), also writes
+    module(band's own rows of x) into that tensor, from the same read."""
     if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1):
         raise ValueError(f"band convolution needs a 3x3 kernel, padding 1 and stride 1, not {conv}")
     batch, channels, height, width = x.shape
     adding = out is not None
     if out is None:
-        out = empty_like_rows(x, conv.out_channels, upscale)
-    row_elements = batch * max(channels, conv.out_channels) * width * upscale * upscale
-    for start, stop in row_bands(height, row_elements, band_elements):
+        out = empty_rows(x, conv.out_channels)
+    for start, stop in row_bands(height, batch * max(channels, conv.out_channels) * width, band_elements):
         low, high = max(start - 1, 0), min(stop + 1, height)
         rows = read_rows(x, low, high)
         if shortcut is not None:
             module, into = shortcut
             into[:, :, start:stop] = module(rows[:, :, start - low:stop - low])
-        result = conv(before(rows))
-        skip = (start - low) * upscale
-        result, target = result[:, :, skip:skip + (stop - start) * upscale], out[:, :, start * upscale:stop * upscale]
+        result, target = conv(before(rows))[:, :, start - low:stop - low], out[:, :, start:stop]
         target.add_(result) if adding else target.copy_(result)
     return out
 
 
 def resnet_block_in_bands(block: "ResnetBlock", x: "torch.Tensor | UpsampledRows", band_elements: int) -> torch.Tensor:
-    first = group_statistics(block.norm1, x, band_elements)
-    before_conv1 = lambda rows: F.silu(normalize(block.norm1, first, rows), inplace=True)  # noqa: E731
     if isinstance(block.nin_shortcut, nn.Identity):
         if isinstance(x, UpsampledRows):
-            x = upsample_in_bands(x.upsample, x.x, band_elements)
-        h = conv3x3_in_bands(block.conv1, x, before_conv1, band_elements)
+            x = x.held(band_elements)
+        h = conv3x3_in_bands(block.conv1, x, norm_then_silu(block.norm1, x, band_elements), band_elements)
         out = x  # conv2 reads h, not x: the block's result can be added into x in place
     else:  # the shortcut reads the same rows of x as conv1: one pass, and x need never be held whole
-        out = empty_like_rows(x, block.nin_shortcut.out_channels)
-        h = conv3x3_in_bands(block.conv1, x, before_conv1, band_elements, shortcut=(block.nin_shortcut, out))
-    second = group_statistics(block.norm2, h, band_elements)
-    return conv3x3_in_bands(block.conv2, h, lambda rows: F.silu(normalize(block.norm2, second, rows), inplace=True), band_elements, out=out)
-
-
-def upsample_in_bands(upsample: "Upsample", x: torch.Tensor, band_elements: int) -> torch.Tensor:
-    return conv3x3_in_bands(upsample.conv, x, lambda rows: F.interpolate(rows, scale_factor=2.0, mode="nearest"), band_elements, upscale=2)
+        out = empty_rows(x, block.nin_shortcut.out_channels)
+        h = conv3x3_in_bands(block.conv1, x, norm_then_silu(block.norm1, x, band_elements), band_elements,
+                             shortcut=(block.nin_shortcut, out))
+    return conv3x3_in_bands(block.conv2, h, norm_then_silu(block.norm2, h, band_elements), band_elements, out=out)
