@@ -130,11 +130,12 @@ def big_decode_worker(which: str, path: str, size: int, out: str) -> None:
         if which == "diffusers tiled":
             vae.enable_tiling()
         decode = lambda: vae.decode(latent.bfloat16()).sample.float()  # noqa: E731
-    import ctypes
     import gc
+
+    from nodegraph.sd.layers import give_back_freed_memory
     gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    before = current_rss()
+    give_back_freed_memory()
+    before = status_bytes("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # restart the peak (VmHWM) from here
     started = time.perf_counter()
     with torch.no_grad():
@@ -144,20 +145,20 @@ def big_decode_worker(which: str, path: str, size: int, out: str) -> None:
     print(json.dumps({"seconds": seconds, "added_peak_rss_bytes": peak_rss() - before}))
 
 
-def current_rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+def status_bytes(field: str) -> int | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in bytes; None where there is no such file or field."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) * 1024 for line in lines if line.startswith(field + ":")), None)
 
 
 def peak_rss() -> int:
     """This process's peak resident memory (VmHWM). Not ru_maxrss: a child started by fork+exec inherits its
     parent's maximum there, and the harness's parent process holds models by then."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = status_bytes("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def baseline_rss() -> int:
@@ -204,9 +205,9 @@ def bench_big_decode(path: Path, size: int = 1024) -> None:
             runs[which]["pixels"] = torch.load(out, weights_only=True)
     print(f"\nVAE decode {size}x{size}, bf16, fresh process each")
     for which, run in runs.items():
-        whole = runs[which.split()[0] + " whole"]["pixels"]
-        run["psnr_vs_whole_db"] = psnr(run["pixels"], whole) if run is not runs[which.split()[0] + " whole"] else None
-        gap = f"   PSNR vs its whole decode {run['psnr_vs_whole_db']:.1f} dB" if run["psnr_vs_whole_db"] is not None else ""
+        whole = runs[which.split()[0] + " whole"]
+        run["psnr_vs_whole_db"] = None if run is whole else psnr(run["pixels"], whole["pixels"])
+        gap = "" if run is whole else f"   PSNR vs its whole decode {run['psnr_vs_whole_db']:.1f} dB"
         print(f"  {which:<16} {run['seconds']:7.1f} s   memory added at peak {run['added_peak_rss_bytes'] / 2**30:5.2f} GiB{gap}")
     for run in runs.values():
         del run["pixels"]

@@ -176,8 +176,8 @@ def load_checkpoint(
     """Load an SD 1.x single-file checkpoint. device None: CUDA when present, else CPU; dtype None: fp16 on CUDA, bf16
     on CPUs with native bf16 matrices, else fp32. The VAE never runs in fp16 (it overflows).
 
-    On the CPU, convolution weights are packed for inference (nodegraph.sd.layers); pack_weights=False keeps them
-    plain tensors, for training, saving or moving the modules."""
+    On the CPU, convolution weights (and bf16 UNet linear weights) are packed for inference (nodegraph.sd.layers);
+    pack_weights=False keeps them plain tensors, for training, saving or moving the modules."""
     path = Path(path)
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)
