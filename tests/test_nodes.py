@@ -51,6 +51,20 @@ def test_every_builtin_node_is_registered_with_its_sockets():
         "SaveImage": (["images", "prefix"], {}),
         "PreviewImage": (["images"], {}),
         "ImageScale": (["image", "width", "height", "method", "crop"], {"image": "IMAGE"}),
+        # ComfyUI's names, inputs in ComfyUI's order, and ComfyUI's output names
+        "KSampler": (["model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
+                      "latent_image", "denoise"], {"LATENT": "LATENT"}),
+        "KSamplerAdvanced": (["model", "add_noise", "noise_seed", "steps", "cfg", "sampler_name", "scheduler",
+                              "positive", "negative", "latent_image", "start_at_step", "end_at_step",
+                              "return_with_leftover_noise"], {"LATENT": "LATENT"}),
+        "SamplerCustom": (["model", "add_noise", "noise_seed", "cfg", "positive", "negative", "sampler", "sigmas",
+                           "latent_image"], {"output": "LATENT", "denoised_output": "LATENT"}),
+        "KSamplerSelect": (["sampler_name"], {"SAMPLER": "SAMPLER"}),
+        "BasicScheduler": (["model", "scheduler", "steps", "denoise"], {"SIGMAS": "SIGMAS"}),
+        "KarrasScheduler": (["steps", "sigma_max", "sigma_min", "rho"], {"SIGMAS": "SIGMAS"}),
+        "ExponentialScheduler": (["steps", "sigma_max", "sigma_min"], {"SIGMAS": "SIGMAS"}),
+        "SDTurboScheduler": (["model", "steps", "denoise"], {"SIGMAS": "SIGMAS"}),
+        "SplitSigmas": (["sigmas", "step"], {"high_sigmas": "SIGMAS", "low_sigmas": "SIGMAS"}),
     }
     json.dumps(described)
 

@@ -22,6 +22,8 @@ What travels along each socket type (every node producing or consuming it keeps 
     LATENT             float32 CPU tensor [B, 4, H/8, W/8] in raw VAE space (unscaled: the sampler applies
                        latent_scale on the way in and out, so latents stay portable between models).
     IMAGE              float32 CPU tensor [B, 3, H, W] with values in [0, 1].
+    SAMPLER            a `nodegraph.sd.sampling.Sampler` (a step rule by ComfyUI's name).
+    SIGMAS             float32 CPU tensor [N] of decreasing noise levels to sample along (N - 1 steps).
 Other upper-case socket names are allowed (a node family may bring its own); a link only connects equal types.
 
 `run` returns a dict with one entry per declared output. It may add a "ui" entry: a small JSON-able summary of
@@ -42,8 +44,8 @@ from typing import Annotated, Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-SOCKET_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE")
-BUILTIN_MODULES = ("loaders", "conditioning", "latent", "sampling", "image")
+SOCKET_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "SAMPLER", "SIGMAS")
+BUILTIN_MODULES = ("loaders", "conditioning", "latent", "sampling", "sigmas", "image")
 UI_KEY = "ui"
 
 

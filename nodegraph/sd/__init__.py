@@ -1,8 +1,8 @@
-"""Stable Diffusion 1.x in PyTorch, ours: tokenizer, CLIP text encoder, UNet, VAE, DDPM, checkpoint loading.
+"""Stable Diffusion 1.x in PyTorch, ours: tokenizer, CLIP text encoder, UNet, VAE, samplers, checkpoint loading.
 
 This package knows nothing of nodes, workflows or servers."""
 
 from .checkpoint import CheckpointError, StableDiffusion, load_checkpoint
-from .ddpm import sample
+from .sampling import sample
 
 __all__ = ["CheckpointError", "StableDiffusion", "load_checkpoint", "sample"]

@@ -6,7 +6,7 @@ checkpoint's key paths. Memory stays lean: each tensor is read from the file str
 (tensorfile.py), so the peak is the loaded weights plus one chunk.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,6 +14,7 @@ import torch
 from ..device import pick_device, pick_dtype, pick_vae_dtype
 from .clip import TextEncoder, TextEncoderConfig
 from .layers import can_pack, packed_weight, packs
+from .sampling.schedule import DiscreteSchedule
 from .tensorfile import FormatError, SafetensorsReader
 from .tokenizer import Tokenizer
 from .unet import UNet, UNetConfig
@@ -47,6 +48,7 @@ class StableDiffusion:
     device: torch.device
     dtype: torch.dtype
     latent_scale: float = LATENT_SCALE
+    schedule: DiscreteSchedule = field(default_factory=DiscreteSchedule)  # the noise schedule the UNet was trained on
 
     @torch.no_grad()
     def encode_prompt(self, texts: list[str]) -> torch.Tensor:

@@ -7,6 +7,8 @@ const COLORS = {
   CONDITIONING: "#ffa94d",
   LATENT: "#ff9cf9",
   IMAGE: "#64b5f6",
+  SAMPLER: "#ecb4b4",
+  SIGMAS: "#cdffcd",
 };
 
 export function socketColor(type) {

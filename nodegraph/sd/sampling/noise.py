@@ -1,0 +1,81 @@
+"""Where a sampler's random numbers come from, as ComfyUI draws them, so one seed gives ComfyUI's picture.
+
+- The initial noise is drawn on the CPU in float32 from a generator seeded with the seed, for the whole batch at
+  once (or one [1, C, H, W] draw per batch index, when a latent carries batch indices), then moved to the device.
+- Ancestral samplers, ddpm and lcm draw each step's noise for the whole batch from a second generator on the latent's
+  device, seeded with the seed (seed + 1 on the CPU, so that there the step noise is not the initial noise again).
+- SDE samplers draw Brownian increments from a torchsde Brownian tree over [sigma_min, sigma_max], seeded with the
+  seed and kept on the CPU, so the path is the same whatever the step sizes.
+"""
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (sigma, sigma_next) -> unit-variance noise like x
+
+
+def initial_noise(shape: Sequence[int], seed: int, batch_index: Sequence[int] | None = None) -> torch.Tensor:
+    """The starting noise for a latent of `shape`, float32 on the CPU.
+
+    With `batch_index`, item k gets the noise of index batch_index[k]: one [1, C, H, W] tensor is drawn per index up
+    to the largest, so a picture picked out of a batch keeps the noise it had there.
+    """
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    shape = tuple(shape)
+    if batch_index is None:
+        return torch.randn(shape, generator=generator, dtype=torch.float32)
+    wanted = [int(i) for i in batch_index]
+    if len(wanted) != shape[0] or min(wanted, default=0) < 0:
+        raise ValueError(f"batch_index needs one index >= 0 per batch item ({shape[0]}), got {wanted}")
+    draws = [torch.randn((1,) + shape[1:], generator=generator, dtype=torch.float32) for _ in range(max(wanted) + 1)]
+    return torch.cat([draws[i] for i in wanted])
+
+
+def step_noise(x: torch.Tensor, seed: int | None) -> NoiseSampler:
+    """Fresh Gaussian noise like `x` at each call, from a generator on x's device seeded with `seed` (seed + 1 on the
+    CPU, where the initial noise came from `seed`: ComfyUI's rule; on a GPU the generators differ anyway)."""
+    generator = None
+    if seed is not None:
+        seed = int(seed) + (1 if x.device.type == "cpu" else 0)
+        generator = torch.Generator(x.device).manual_seed(seed)
+    shape, dtype, device = x.shape, x.dtype, x.device
+    return lambda sigma, sigma_next: torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
+
+class BrownianNoise:
+    """Brownian-motion increments over sigma: noise(sigma, sigma_next) = (W(sigma_next) - W(sigma)) / sqrt|dsigma|.
+
+    One torchsde Brownian tree for the whole latent (its entropy is the seed), evaluated on the CPU in float32 as
+    ComfyUI does, so the same seed gives the same path on any device. `transform` maps sigma to the tree's time axis
+    (identity for the samplers here)."""
+
+    def __init__(self, x: torch.Tensor, sigma_min, sigma_max, seed: int | None,
+                 transform: Callable[[torch.Tensor], torch.Tensor] = lambda sigma: sigma):
+        import torchsde  # only the SDE samplers need it
+
+        self.transform = transform
+        t0, t1 = self._as_time(sigma_min), self._as_time(sigma_max)
+        self.sign = 1.0
+        if t0 > t1:
+            t0, t1, self.sign = t1, t0, -1.0
+        if seed is None:
+            seed = int(torch.randint(0, 2**63 - 1, ()).item())
+        self.tree = torchsde.BrownianTree(t0.cpu(), torch.zeros_like(x, device="cpu"), t1.cpu(), entropy=int(seed))
+        self.device, self.dtype = x.device, x.dtype
+
+    def _as_time(self, sigma) -> torch.Tensor:
+        return torch.as_tensor(self.transform(torch.as_tensor(sigma))).float()
+
+    def __call__(self, sigma, sigma_next) -> torch.Tensor:
+        t0, t1 = self._as_time(sigma), self._as_time(sigma_next)
+        sign = self.sign
+        if t0 > t1:
+            t0, t1, sign = t1, t0, -sign
+        increment = self.tree(t0.cpu(), t1.cpu()).to(self.device, self.dtype) * sign
+        return increment / (t1 - t0).abs().sqrt().to(self.device)
+
+
+def brownian_noise(x: torch.Tensor, sigmas: torch.Tensor, seed: int | None) -> BrownianNoise:
+    """The Brownian noise of an SDE sampler stepping along `sigmas` (its tree spans the positive sigmas)."""
+    return BrownianNoise(x, sigmas[sigmas > 0].min(), sigmas.max(), seed)
