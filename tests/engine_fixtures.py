@@ -196,3 +196,31 @@ def img2img(image: str = "example.png", denoise: float = 0.6, seed: int = 42, st
     flow["nodes"]["encode"] = node("VAEEncode", vae=["ckpt", "vae"], image=["image", "image"])
     flow["nodes"]["sample"]["inputs"].update(latent=["encode", "latent"], denoise=denoise)
     return flow
+
+
+def with_ksampler(flow: dict, sampler_name: str = "euler", scheduler: str = "normal", **settings) -> dict:
+    """`flow` (txt2img or img2img) sampling with ComfyUI's KSampler instead of DDPMSample, same seed/steps/denoise."""
+    flow = copy.deepcopy(flow)
+    old = flow["nodes"]["sample"]["inputs"]
+    inputs = dict(model=old["model"], seed=old["seed"], steps=old["steps"], cfg=old["cfg"], sampler_name=sampler_name,
+                  scheduler=scheduler, positive=old["positive"], negative=old["negative"], latent_image=old["latent"],
+                  denoise=old["denoise"])
+    flow["nodes"]["sample"] = node("KSampler", **(inputs | settings))
+    flow["nodes"]["decode"]["inputs"]["latent"] = ["sample", "LATENT"]
+    return flow
+
+
+def two_stage_advanced(flow: dict, steps: int = 20, split: int = 12, sampler_name: str = "euler") -> dict:
+    """`flow` sampled by two KSamplerAdvanced: steps 0..split keeping the leftover noise, then split..steps adding
+    none (ComfyUI's base + refiner pattern)."""
+    flow = copy.deepcopy(with_ksampler(flow, sampler_name))
+    first = flow["nodes"]["sample"]["inputs"]
+    common = dict(model=first["model"], noise_seed=first["seed"], steps=steps, cfg=first["cfg"],
+                  sampler_name=sampler_name, scheduler=first["scheduler"], positive=first["positive"],
+                  negative=first["negative"])
+    flow["nodes"]["sample"] = node("KSamplerAdvanced", add_noise="enable", **common, latent_image=first["latent_image"],
+                                   start_at_step=0, end_at_step=split, return_with_leftover_noise="enable")
+    flow["nodes"]["finish"] = node("KSamplerAdvanced", add_noise="disable", **common, latent_image=["sample", "LATENT"],
+                                   start_at_step=split, end_at_step=10000, return_with_leftover_noise="disable")
+    flow["nodes"]["decode"]["inputs"]["latent"] = ["finish", "LATENT"]
+    return flow

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine_fixtures import CHECKPOINT_NAME, all_files, img2img, txt2img
+from engine_fixtures import CHECKPOINT_NAME, all_files, img2img, two_stage_advanced, txt2img, with_ksampler
 from nodegraph.cli import main
 
 REPO = Path(__file__).parent.parent
@@ -73,6 +73,34 @@ def test_img2img_with_default_folders_and_an_input_not_a_multiple_of_8(tmp_path,
     [written] = all_files(root / "output")
     with Image.open(written) as image:
         assert image.size == (64, 56)  # cropped, centred, to multiples of 8
+
+
+def batch_of_two(flow: dict) -> dict:
+    flow["nodes"]["empty"]["inputs"]["batch_size"] = 2
+    return flow
+
+
+KSAMPLER_RUNS = {  # name -> (workflow, PNGs it writes)
+    "txt2img dpmpp_2m karras": (with_ksampler(txt2img(steps=4), "dpmpp_2m", "karras"), 1),
+    "img2img denoise 0.6": (with_ksampler(img2img(denoise=0.6, steps=4), "euler", "normal"), 1),
+    "batch 2 euler_ancestral": (batch_of_two(with_ksampler(txt2img(steps=4), "euler_ancestral")), 2),
+    "advanced 0-12 then 12-20": (two_stage_advanced(txt2img(), steps=20, split=12), 1),
+}
+
+
+@pytest.mark.parametrize("name", KSAMPLER_RUNS)
+def test_ksampler_workflows_run_end_to_end(tmp_path, tiny_checkpoint, name):
+    flow, pictures = KSAMPLER_RUNS[name]
+    root = make_workdir(tmp_path, tiny_checkpoint)
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(root / "input" / "example.png")
+    (root / "flow.json").write_text(json.dumps(flow))
+    run = nodegraph("run", "flow.json", "--device", "cpu", cwd=root)
+    assert run.returncode == 0, run.stderr
+    written = all_files(root / "output")
+    assert len(written) == pictures and [root / line for line in run.stdout.split()] == written
+    for path in written:
+        with Image.open(path) as image:
+            assert image.size == (64, 64) and len(set(image.getdata())) > 10  # a picture, not a flat fill
 
 
 def test_an_invalid_workflow_exits_2_naming_node_and_input_and_writes_nothing(tmp_path, tiny_checkpoint):
