@@ -135,6 +135,17 @@ def test_a_step_range_with_leftover_noise_stops_above_zero():
         step_range(sigmas, 20, 10000)
 
 
+def test_gpu_sde_samplers_keep_their_brownian_tree_on_the_latents_device(sd, prompts):
+    latent = torch.zeros(SHAPE)
+    for name in ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"):
+        on_cpu = sample(sd, *prompts, latent, seed=2, steps=3, cfg=5.0, sampler_name=name, scheduler="karras")
+        on_device = sample(sd, *prompts, latent, seed=2, steps=3, cfg=5.0, sampler_name=f"{name}_gpu",
+                           scheduler="karras")
+        assert torch.equal(on_cpu, on_device)  # the latent is on the CPU here, so is the tree
+    x = torch.zeros(SHAPE)
+    assert BrownianNoise(x, 0.1, 10.0, seed=1, on_cpu=False).tree_device == x.device
+
+
 def test_ddim_is_euler_with_fresh_noise_for_inpainting():
     assert get_sampler("ddim").step is get_sampler("euler").step
     assert get_sampler("ddim").random_inpaint_noise and not get_sampler("euler").random_inpaint_noise

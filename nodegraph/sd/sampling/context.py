@@ -27,6 +27,7 @@ class SamplerContext:
     seed: int | None = None
     callback: StepCallback | None = None
     noise_sampler: NoiseSampler | None = None  # replaces the sampler's own noise (tests hand in a reference's)
+    brownian_on_device: bool = False  # the `_gpu` SDE samplers keep their Brownian tree on the latent's device
 
     def step_noise(self, x: torch.Tensor) -> NoiseSampler:
         """The noise of ancestral steps (ancestral samplers, ddpm, lcm)."""
@@ -34,7 +35,7 @@ class SamplerContext:
 
     def brownian_noise(self, x: torch.Tensor, sigmas: torch.Tensor) -> NoiseSampler:
         """The noise of SDE steps: a Brownian tree over the positive sigmas."""
-        return self.noise_sampler or brownian_noise(x, sigmas, self.seed)
+        return self.noise_sampler or brownian_noise(x, sigmas, self.seed, on_cpu=not self.brownian_on_device)
 
     def report(self, i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
         """Called once per step, right after the step's first model evaluation (as k-diffusion's callback)."""

@@ -5,9 +5,11 @@
 - Ancestral samplers, ddpm and lcm draw each step's noise for the whole batch from a second generator on the latent's
   device, seeded with the seed (seed + 1 on the CPU, so that there the step noise is not the initial noise again).
 - SDE samplers draw Brownian increments from a torchsde Brownian tree over [sigma_min, sigma_max], seeded with the
-  seed and kept on the CPU, so the path is the same whatever the step sizes.
+  seed and kept on the CPU (the `_gpu` samplers: on the latent's device), so the path is the same whatever the step
+  sizes.
 """
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -47,11 +49,12 @@ class BrownianNoise:
     """Brownian-motion increments over sigma: noise(sigma, sigma_next) = (W(sigma_next) - W(sigma)) / sqrt|dsigma|.
 
     One torchsde Brownian tree for the whole latent (its entropy is the seed), evaluated on the CPU in float32 as
-    ComfyUI does, so the same seed gives the same path on any device. `transform` maps sigma to the tree's time axis
-    (identity for the samplers here)."""
+    ComfyUI does, so the same seed gives the same path on any device; with on_cpu=False the tree lives on x's device
+    (ComfyUI's `_gpu` samplers: faster there, but another path than the CPU's). `transform` maps sigma to the tree's
+    time axis (identity for the samplers here)."""
 
     def __init__(self, x: torch.Tensor, sigma_min, sigma_max, seed: int | None,
-                 transform: Callable[[torch.Tensor], torch.Tensor] = lambda sigma: sigma):
+                 transform: Callable[[torch.Tensor], torch.Tensor] = lambda sigma: sigma, on_cpu: bool = True):
         import torchsde  # only the SDE samplers need it
 
         self.transform = transform
@@ -61,7 +64,9 @@ class BrownianNoise:
             t0, t1, self.sign = t1, t0, -1.0
         if seed is None:
             seed = int(torch.randint(0, 2**63 - 1, ()).item())
-        self.tree = torchsde.BrownianTree(t0.cpu(), torch.zeros_like(x, device="cpu"), t1.cpu(), entropy=int(seed))
+        self.tree_device = torch.device("cpu") if on_cpu else x.device
+        self.tree = torchsde.BrownianTree(t0.to(self.tree_device), torch.zeros_like(x, device=self.tree_device),
+                                          t1.to(self.tree_device), entropy=int(seed))
         self.device, self.dtype = x.device, x.dtype
 
     def _as_time(self, sigma) -> torch.Tensor:
@@ -72,10 +77,13 @@ class BrownianNoise:
         sign = self.sign
         if t0 > t1:
             t0, t1, sign = t1, t0, -sign
-        increment = self.tree(t0.cpu(), t1.cpu()).to(self.device, self.dtype) * sign
-        return increment / (t1 - t0).abs().sqrt().to(self.device)
+        with warnings.catch_warnings():
+            # torchsde stores the tree's end time rounded and warns (then clamps) when sigma_max is asked for
+            warnings.filterwarnings("ignore", message="Should have tb<=t1", category=UserWarning)
+            increment = self.tree(t0.to(self.tree_device), t1.to(self.tree_device))
+        return increment.to(self.device, self.dtype) * sign / (t1 - t0).abs().sqrt().to(self.device)
 
 
-def brownian_noise(x: torch.Tensor, sigmas: torch.Tensor, seed: int | None) -> BrownianNoise:
+def brownian_noise(x: torch.Tensor, sigmas: torch.Tensor, seed: int | None, on_cpu: bool = True) -> BrownianNoise:
     """The Brownian noise of an SDE sampler stepping along `sigmas` (its tree spans the positive sigmas)."""
-    return BrownianNoise(x, sigmas[sigmas > 0].min(), sigmas.max(), seed)
+    return BrownianNoise(x, sigmas[sigmas > 0].min(), sigmas.max(), seed, on_cpu=on_cpu)
