@@ -48,7 +48,7 @@ export function defaultValue(spec) {
 }
 
 export function isSeed(name, spec) {
-  return name === "seed" && spec.kind === "constant" && spec.type === "INT";
+  return (name === "seed" || name === "noise_seed") && spec.kind === "constant" && spec.type === "INT";
 }
 
 export function createNode(graph, info, type, pos) {

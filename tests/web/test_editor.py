@@ -52,7 +52,10 @@ def image_loaded(locator, timeout=RUN_TIMEOUT_MS) -> int:
 def test_page_opens_with_the_palette_by_category_and_an_empty_canvas(page, screenshots):
     groups = dict(page.eval_on_selector_all(
         ".palette-group", "gs => gs.map(g => [g.dataset.category, [...g.querySelectorAll('.palette-item')].map(i => i.dataset.type)])"))
-    assert groups["loaders"] == ["LoadCheckpoint"] and groups["sampling"] == ["DDPMSample"]
+    assert groups["loaders"] == ["LoadCheckpoint"] and groups["sampling"] == ["DDPMSample", "KSampler", "KSamplerAdvanced"]
+    assert groups["sampling/custom_sampling"] == ["SamplerCustom"]
+    assert groups["sampling/custom_sampling/schedulers"] == [
+        "BasicScheduler", "ExponentialScheduler", "KarrasScheduler", "SDTurboScheduler"]
     assert {"SaveImage", "LoadImage", "PreviewImage"} <= set(groups["image"])
     assert page.locator(".node").count() == 0
     expect(page.locator("#connection")).to_have_attribute("data-state", "open")
@@ -156,6 +159,25 @@ def test_a_wrong_type_connection_is_refused(page):
 
     editor.connect(ckpt, "model", sample, "model")
     assert editor.links() == {(ckpt, "model", sample, "model")}
+
+
+def test_custom_sampling_nodes_link_by_their_sampler_and_sigmas_sockets(page):
+    editor = Editor(page)
+    select = editor.add_by_drag("KSamplerSelect", 20, 40)
+    scheduler = editor.add_by_drag("KarrasScheduler", 20, 260)
+    custom = editor.add_by_drag("SamplerCustom", 420, 40)
+    expect(editor.widget(select, "sampler_name")).to_have_value("euler")
+    assert "dpmpp_2m" in editor.widget(select, "sampler_name").evaluate("s => [...s.options].map(o => o.value)")
+    editor.connect(select, "SAMPLER", custom, "sampler")
+    editor.connect(scheduler, "SIGMAS", custom, "sigmas")
+    assert editor.links() == {(select, "SAMPLER", custom, "sampler"), (scheduler, "SIGMAS", custom, "sigmas")}
+    mouse = page.mouse  # a SIGMAS output does not fit the latent input
+    mouse.move(*editor.center(editor.socket(scheduler, "out", "SIGMAS")))
+    mouse.down()
+    mouse.move(*editor.center(editor.socket(custom, "in", "latent_image")), steps=4)
+    mouse.up()
+    expect(page.locator(".toast-error")).to_contain_text("A SIGMAS output cannot connect to a LATENT input")
+    assert editor.saved_workflow()["ui"]["nodes"][custom]["randomize"] == ["noise_seed"]
 
 
 def test_an_invalid_value_shows_its_error_on_the_node_and_nothing_is_queued(page, server, tmp_path):
