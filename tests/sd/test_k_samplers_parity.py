@@ -12,14 +12,13 @@ import pytest
 import torch
 
 from kdiffusion_reference import kdiffusion_sampling, missing
-from nodegraph.sd import load_checkpoint
+from parity import relative_error
 from nodegraph.sd.sampling.context import SamplerContext
 from nodegraph.sd.sampling.guidance import GuidedDenoiser
 from nodegraph.sd.sampling.k_samplers import K_SAMPLERS, lms_coefficient
 from nodegraph.sd.sampling.schedule import DiscreteSchedule
 
 TOLERANCE = 1e-5
-PROMPT, NEGATIVE = "a red circle on a white background", "blurry"
 SEED = 1234
 ANCESTRAL = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral")
 SDE = ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde")
@@ -28,10 +27,6 @@ IN_KDIFFUSION = ("euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral",
 # torchsde rounds the tree's end to the tolerance's digits, so a query at sigma_max itself is "past" it and clamped:
 # harmless, and ComfyUI's runs warn the same.
 pytestmark = pytest.mark.filterwarnings("ignore:Should have tb<=t1:UserWarning")
-
-
-def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return ((ours - reference).norm() / reference.norm()).item()
 
 
 def karras_sigmas(steps: int, schedule: DiscreteSchedule, rho: float = 7.0) -> torch.Tensor:
@@ -46,10 +41,8 @@ def kd():
 
 
 @pytest.fixture(scope="module")
-def denoiser(tiny_checkpoint):
-    sd = load_checkpoint(tiny_checkpoint, device="cpu", dtype=torch.float32)
-    positive, negative = sd.encode_prompt([PROMPT]), sd.encode_prompt([NEGATIVE])
-    return GuidedDenoiser(sd.unet, DiscreteSchedule(), positive, negative, cfg=5.0)
+def denoiser(sd, conds):
+    return GuidedDenoiser(sd.unet, DiscreteSchedule(), *conds, cfg=5.0)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from nodegraph.sd import load_checkpoint, sample
+from nodegraph.sd import sample
 from nodegraph.sd.sampling import (DiscreteSchedule, GuidedDenoiser, Sampler, get_sampler, initial_noise,
                                    ksampler_sigmas, sample_along, sample_ksampler, scheduler_sigmas, step_noise,
                                    step_range)
@@ -14,16 +14,6 @@ from nodegraph.sd.sampling.samplers import SAMPLERS
 
 SCHEDULE = DiscreteSchedule()
 SHAPE = (1, 4, 8, 8)
-
-
-@pytest.fixture(scope="module")
-def sd(tiny_checkpoint):
-    return load_checkpoint(tiny_checkpoint, device="cpu", dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
-def prompts(sd):
-    return sd.encode_prompt(["a red circle"]), sd.encode_prompt(["blurry"])
 
 
 def probe() -> tuple[Sampler, dict]:
@@ -84,27 +74,27 @@ def test_sde_noise_is_a_brownian_tree_over_the_positive_sigmas_seeded_with_the_s
 # --- the start of sampling ---------------------------------------------------------------------------------------
 
 
-def test_text_to_image_starts_from_noise_scaled_by_sqrt_one_plus_sigma_max_squared(sd, prompts):
+def test_text_to_image_starts_from_noise_scaled_by_sqrt_one_plus_sigma_max_squared(sd, conds):
     sampler, seen = probe()
     sigmas = scheduler_sigmas(SCHEDULE, "normal", 10)
-    sample_along(sd, *prompts, torch.zeros(SHAPE), sigmas, sampler=sampler, seed=3, cfg=7.0)
+    sample_along(sd, *conds, torch.zeros(SHAPE), sigmas, sampler=sampler, seed=3, cfg=7.0)
     expected = initial_noise(SHAPE, 3) * math.sqrt(1 + float(sigmas[0]) ** 2)
     torch.testing.assert_close(seen["x"], expected, rtol=1e-6, atol=0)
 
 
-def test_partial_denoise_starts_from_the_scaled_latent_plus_noise_times_the_first_sigma(sd, prompts):
+def test_partial_denoise_starts_from_the_scaled_latent_plus_noise_times_the_first_sigma(sd, conds):
     sampler, seen = probe()
     picture = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
     sigmas = ksampler_sigmas(SCHEDULE, "normal", 10, denoise=0.6)
-    sample_along(sd, *prompts, picture, sigmas, sampler=sampler, seed=3, cfg=7.0)
+    sample_along(sd, *conds, picture, sigmas, sampler=sampler, seed=3, cfg=7.0)
     expected = initial_noise(SHAPE, 3) * sigmas[0] + picture * sd.latent_scale
     torch.testing.assert_close(seen["x"], expected, rtol=1e-6, atol=1e-7)
 
 
-def test_without_added_noise_the_latent_starts_as_it_is(sd, prompts):
+def test_without_added_noise_the_latent_starts_as_it_is(sd, conds):
     sampler, seen = probe()
     picture = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
-    sample_along(sd, *prompts, picture, scheduler_sigmas(SCHEDULE, "normal", 10), sampler=sampler, seed=3, cfg=7.0,
+    sample_along(sd, *conds, picture, scheduler_sigmas(SCHEDULE, "normal", 10), sampler=sampler, seed=3, cfg=7.0,
                  add_noise=False)
     torch.testing.assert_close(seen["x"], picture * sd.latent_scale)
 
@@ -135,11 +125,11 @@ def test_a_step_range_with_leftover_noise_stops_above_zero():
         step_range(sigmas, 20, 10000)
 
 
-def test_gpu_sde_samplers_keep_their_brownian_tree_on_the_latents_device(sd, prompts):
+def test_gpu_sde_samplers_keep_their_brownian_tree_on_the_latents_device(sd, conds):
     latent = torch.zeros(SHAPE)
     for name in ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"):
-        on_cpu = sample(sd, *prompts, latent, seed=2, steps=3, cfg=5.0, sampler_name=name, scheduler="karras")
-        on_device = sample(sd, *prompts, latent, seed=2, steps=3, cfg=5.0, sampler_name=f"{name}_gpu",
+        on_cpu = sample(sd, *conds, latent, seed=2, steps=3, cfg=5.0, sampler_name=name, scheduler="karras")
+        on_device = sample(sd, *conds, latent, seed=2, steps=3, cfg=5.0, sampler_name=f"{name}_gpu",
                            scheduler="karras")
         assert torch.equal(on_cpu, on_device)  # the latent is on the CPU here, so is the tree
     x = torch.zeros(SHAPE)
@@ -193,7 +183,7 @@ def test_prompts_of_different_lengths_batch_at_their_common_length():
     assert unet.calls[0][2].shape == (2, 154, 16)
 
 
-def test_our_denoiser_is_k_diffusions_compvis_denoiser(sd, prompts):
+def test_our_denoiser_is_k_diffusions_compvis_denoiser(sd, conds):
     from kdiffusion_reference import kdiffusion_sampling
     kdiffusion_sampling()
     from k_diffusion.external import CompVisDenoiser  # imported once the package is registered
@@ -206,55 +196,55 @@ def test_our_denoiser_is_k_diffusions_compvis_denoiser(sd, prompts):
 
     reference = CompVisDenoiser(CompVisModel(), quantize=True)
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)) * 3
-    ours = GuidedDenoiser(sd.unet, SCHEDULE, prompts[0], None, cfg=1.0)
+    ours = GuidedDenoiser(sd.unet, SCHEDULE, conds[0], None, cfg=1.0)
     for sigma in (14.6, 3.3, 0.5, 0.031):
         sigma = torch.full((1,), sigma)
-        expected = reference(x, sigma, cond=prompts[0])
+        expected = reference(x, sigma, cond=conds[0])
         torch.testing.assert_close(ours(x, sigma), expected, rtol=1e-5, atol=1e-5)
 
 
 # --- whole runs --------------------------------------------------------------------------------------------------
 
 
-def test_a_run_split_into_two_step_ranges_equals_the_whole_run(sd, prompts):
+def test_a_run_split_into_two_step_ranges_equals_the_whole_run(sd, conds):
     common = dict(seed=9, steps=10, cfg=5.0, sampler_name="dpmpp_2m", scheduler="karras")
-    whole = sample_ksampler(sd, *prompts, torch.zeros(SHAPE), **common).latent
-    first = sample_ksampler(sd, *prompts, torch.zeros(SHAPE), end_step=6, **common).latent
-    rest = sample_ksampler(sd, *prompts, first, start_step=6, add_noise=False, **common).latent
+    whole = sample_ksampler(sd, *conds, torch.zeros(SHAPE), **common).latent
+    first = sample_ksampler(sd, *conds, torch.zeros(SHAPE), end_step=6, **common).latent
+    rest = sample_ksampler(sd, *conds, first, start_step=6, add_noise=False, **common).latent
     assert not torch.allclose(first, whole, atol=1e-2), "the first part keeps its leftover noise"
     # dpmpp_2m's second half restarts its multistep history, so only euler-like samplers meet exactly
-    whole_euler = sample_ksampler(sd, *prompts, torch.zeros(SHAPE), **{**common, "sampler_name": "euler"}).latent
-    first = sample_ksampler(sd, *prompts, torch.zeros(SHAPE), end_step=6, **{**common, "sampler_name": "euler"}).latent
-    rest = sample_ksampler(sd, *prompts, first, start_step=6, add_noise=False,
+    whole_euler = sample_ksampler(sd, *conds, torch.zeros(SHAPE), **{**common, "sampler_name": "euler"}).latent
+    first = sample_ksampler(sd, *conds, torch.zeros(SHAPE), end_step=6, **{**common, "sampler_name": "euler"}).latent
+    rest = sample_ksampler(sd, *conds, first, start_step=6, add_noise=False,
                            **{**common, "sampler_name": "euler"}).latent
     torch.testing.assert_close(rest, whole_euler, rtol=1e-5, atol=1e-5)
 
 
-def test_each_batch_item_gets_its_own_noise(sd, prompts):
-    latent = sample(sd, *prompts, torch.zeros((2,) + SHAPE[1:]), seed=4, steps=3, cfg=5.0, sampler_name="euler_ancestral")
+def test_each_batch_item_gets_its_own_noise(sd, conds):
+    latent = sample(sd, *conds, torch.zeros((2,) + SHAPE[1:]), seed=4, steps=3, cfg=5.0, sampler_name="euler_ancestral")
     assert not torch.allclose(latent[0], latent[1], atol=1e-3)
 
 
-def test_a_noise_mask_keeps_the_latent_outside_it(sd, prompts):
+def test_a_noise_mask_keeps_the_latent_outside_it(sd, conds):
     picture = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
     mask = torch.zeros(1, 64, 64)
     mask[:, :, :32] = 1.0  # repaint the left half (in pixels; the latent is 8x8 cells)
-    result = sample_along(sd, *prompts, picture, scheduler_sigmas(SCHEDULE, "normal", 4), sampler="euler", seed=1,
+    result = sample_along(sd, *conds, picture, scheduler_sigmas(SCHEDULE, "normal", 4), sampler="euler", seed=1,
                           cfg=5.0, noise_mask=mask).latent
     torch.testing.assert_close(result[..., 5:], picture[..., 5:], rtol=1e-4, atol=1e-4)
     assert (result[..., :3] - picture[..., :3]).abs().mean() > 0.1
 
 
-def test_progress_is_reported_per_step_and_interrupt_is_checked_per_model_call(sd, prompts):
+def test_progress_is_reported_per_step_and_interrupt_is_checked_per_model_call(sd, conds):
     steps, calls = [], []
-    sample(sd, *prompts, torch.zeros(SHAPE), seed=1, steps=4, cfg=5.0, sampler_name="heun", scheduler="normal",
+    sample(sd, *conds, torch.zeros(SHAPE), seed=1, steps=4, cfg=5.0, sampler_name="heun", scheduler="normal",
            callback=lambda step, total, latent: steps.append((step, total, latent.shape)),
            check_interrupt=lambda: calls.append(1))
     assert steps == [(i, 4, SHAPE) for i in range(1, 5)]
     assert len(calls) == 4 * 2 - 1  # heun evaluates twice per step but once on the last (Euler) step
 
 
-def test_an_interrupt_inside_a_two_evaluation_step_stops_sampling(sd, prompts):
+def test_an_interrupt_inside_a_two_evaluation_step_stops_sampling(sd, conds):
     class Stop(Exception):
         pass
 
@@ -266,21 +256,21 @@ def test_an_interrupt_inside_a_two_evaluation_step_stops_sampling(sd, prompts):
             raise Stop
 
     with pytest.raises(Stop):
-        sample(sd, *prompts, torch.zeros(SHAPE), seed=1, steps=4, cfg=5.0, sampler_name="heun", scheduler="normal",
+        sample(sd, *conds, torch.zeros(SHAPE), seed=1, steps=4, cfg=5.0, sampler_name="heun", scheduler="normal",
                check_interrupt=stop_on_second_call)
     assert len(calls) == 2
 
 
-def test_no_sampler_and_no_scheduler_keeps_the_ddpm_sampler(sd, prompts):
+def test_no_sampler_and_no_scheduler_keeps_the_ddpm_sampler(sd, conds):
     from nodegraph.sd import ddpm
-    expected = ddpm.sample(sd, *prompts, torch.zeros(SHAPE), seed=5, steps=4, cfg=5.0)
-    assert torch.equal(sample(sd, *prompts, torch.zeros(SHAPE), seed=5, steps=4, cfg=5.0), expected)
-    assert not torch.equal(sample(sd, *prompts, torch.zeros(SHAPE), seed=5, steps=4, cfg=5.0, sampler_name="ddpm"),
+    expected = ddpm.sample(sd, *conds, torch.zeros(SHAPE), seed=5, steps=4, cfg=5.0)
+    assert torch.equal(sample(sd, *conds, torch.zeros(SHAPE), seed=5, steps=4, cfg=5.0), expected)
+    assert not torch.equal(sample(sd, *conds, torch.zeros(SHAPE), seed=5, steps=4, cfg=5.0, sampler_name="ddpm"),
                            expected)
 
 
-def test_wrong_sigmas_are_refused_clearly(sd, prompts):
+def test_wrong_sigmas_are_refused_clearly(sd, conds):
     for sigmas, problem in ((torch.zeros(0), "empty"), (torch.tensor([1.0, 2.0, 0.0]), "increase"),
                             (torch.tensor([3.0, float("nan")]), "finite"), (torch.ones(2, 2), "1-D")):
         with pytest.raises(ValueError, match=problem):
-            sample_along(sd, *prompts, torch.zeros(SHAPE), sigmas, sampler="euler", seed=0, cfg=5.0)
+            sample_along(sd, *conds, torch.zeros(SHAPE), sigmas, sampler="euler", seed=0, cfg=5.0)

@@ -11,26 +11,19 @@ import math
 import pytest
 import torch
 
-from nodegraph.sd import load_checkpoint
 from nodegraph.sd.sampling import initial_noise, ksampler_sigmas, sample_ksampler
+from parity import relative_error
 from reference import reference_models
 
+# diffusers' schedulers hand torch tensors to numpy in a way numpy 2 warns about: theirs, not ours
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 SHAPE = (1, 4, 6, 8)
 CFG = 7.5
 
 
 @pytest.fixture(scope="module")
-def ours(tiny_checkpoint):
-    return load_checkpoint(tiny_checkpoint, device="cpu", dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
 def their_unet(tiny_checkpoint, tiny_config):
     return reference_models(tiny_checkpoint, tiny_config)[0]
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 def diffusers_run(scheduler, unet, sigmas, start, noise, positive, negative, generator=None) -> torch.Tensor:
@@ -64,26 +57,26 @@ def euler_scheduler(cls, sigmas):
 
 
 @pytest.mark.parametrize("denoise", [1.0, 0.6])
-def test_euler_normal_is_diffusers_euler_on_comfyuis_sigmas(ours, their_unet, denoise):
+def test_euler_normal_is_diffusers_euler_on_comfyuis_sigmas(sd, their_unet, denoise):
     from diffusers import EulerDiscreteScheduler
-    positive, negative = ours.encode_prompt(["a red circle"]), ours.encode_prompt(["blurry"])
+    positive, negative = sd.encode_prompt(["a red circle"]), sd.encode_prompt(["blurry"])
     start = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)) if denoise < 1 else torch.zeros(SHAPE)
-    sigmas = ksampler_sigmas(ours.schedule, "normal", 6, denoise)
+    sigmas = ksampler_sigmas(sd.schedule, "normal", 6, denoise)
     expected = diffusers_run(euler_scheduler(EulerDiscreteScheduler, sigmas), their_unet, sigmas, start,
                              initial_noise(SHAPE, 1234), positive, negative)
-    actual = sample_ksampler(ours, positive, negative, start, seed=1234, steps=6, cfg=CFG, sampler_name="euler",
+    actual = sample_ksampler(sd, positive, negative, start, seed=1234, steps=6, cfg=CFG, sampler_name="euler",
                              scheduler="normal", denoise=denoise).latent
     assert expected.std() > 0.1
     assert relative_error(actual, expected) <= 1e-5
 
 
-def test_euler_ancestral_is_diffusers_euler_ancestral_with_noise_from_seed_plus_one(ours, their_unet):
+def test_euler_ancestral_is_diffusers_euler_ancestral_with_noise_from_seed_plus_one(sd, their_unet):
     from diffusers import EulerAncestralDiscreteScheduler
-    positive, negative = ours.encode_prompt(["a blue square"]), ours.encode_prompt([""])
-    sigmas = ksampler_sigmas(ours.schedule, "karras", 5)
+    positive, negative = sd.encode_prompt(["a blue square"]), sd.encode_prompt([""])
+    sigmas = ksampler_sigmas(sd.schedule, "karras", 5)
     expected = diffusers_run(euler_scheduler(EulerAncestralDiscreteScheduler, sigmas), their_unet, sigmas,
                              torch.zeros(SHAPE), initial_noise(SHAPE, 77), positive, negative,
                              generator=torch.Generator().manual_seed(78))
-    actual = sample_ksampler(ours, positive, negative, torch.zeros(SHAPE), seed=77, steps=5, cfg=CFG,
+    actual = sample_ksampler(sd, positive, negative, torch.zeros(SHAPE), seed=77, steps=5, cfg=CFG,
                              sampler_name="euler_ancestral", scheduler="karras").latent
     assert relative_error(actual, expected) <= 1e-5

@@ -14,32 +14,19 @@ c_skip ~ 0 and c_out ~ 1): ComfyUI's lcm sampler has none, it belongs to LCM che
 import pytest
 import torch
 
-from nodegraph.sd import load_checkpoint
+from parity import relative_error
 from nodegraph.sd.sampling.context import SamplerContext
 from nodegraph.sd.sampling.guidance import GuidedDenoiser
 from nodegraph.sd.sampling.schedule import DiscreteSchedule
 from nodegraph.sd.sampling.step_samplers import STEP_SAMPLERS
 
-PROMPT, NEGATIVE, CFG = "a red circle on a white background", "blurry", 5.0
+CFG = 5.0
 # 7 steps; all on LCMScheduler's 50-step distillation grid (20k - 1), so it takes them without a warning.
 TIMESTEPS = [999, 839, 679, 519, 359, 199, 39]
 SPLIT_END = 19
 TOLERANCE = 1e-5
 SHAPE = (1, 4, 8, 8)
 
-
-@pytest.fixture(scope="module")
-def sd(tiny_checkpoint):
-    return load_checkpoint(tiny_checkpoint, device="cpu", dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
-def conds(sd):
-    return sd.encode_prompt([PROMPT]), sd.encode_prompt([NEGATIVE])
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual.double() - expected.double()).norm() / expected.double().norm())
 
 
 def sigmas_for(schedule: DiscreteSchedule, timesteps: list[int], end: int | None = None) -> torch.Tensor:

@@ -17,31 +17,18 @@ import numpy as np
 import pytest
 import torch
 
-from nodegraph.sd import load_checkpoint
+from parity import relative_error
 from nodegraph.sd.sampling.context import SamplerContext
 from nodegraph.sd.sampling.guidance import GuidedDenoiser
 from nodegraph.sd.sampling.schedule import DiscreteSchedule
 from nodegraph.sd.sampling.uni_pc import UNI_PC_SAMPLERS
 
-PROMPT, NEGATIVE, CFG = "a red circle on a white background", "blurry", 5.0
+CFG = 5.0
 TIMESTEPS = [999, 839, 679, 519, 359, 199, 39]  # 7 steps, each sigma a table entry
 SPLIT_END = 19  # a run that stops at this timestep's sigma instead of 0 (as a KSamplerAdvanced split does)
 VARIANTS = {"uni_pc": "bh1", "uni_pc_bh2": "bh2"}
 TOLERANCE = 1e-5
 
-
-@pytest.fixture(scope="module")
-def sd(tiny_checkpoint):
-    return load_checkpoint(tiny_checkpoint, device="cpu", dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
-def conds(sd):
-    return sd.encode_prompt([PROMPT]), sd.encode_prompt([NEGATIVE])
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual.double() - expected.double()).norm() / expected.double().norm())
 
 
 def sigmas_for(schedule: DiscreteSchedule, timesteps: list[int], end: int | None) -> torch.Tensor:
