@@ -71,6 +71,37 @@ def test_sde_noise_is_a_brownian_tree_over_the_positive_sigmas_seeded_with_the_s
     torch.testing.assert_close(ours(high, low), expected, rtol=1e-6, atol=1e-6)
 
 
+def test_brownian_noise_answered_ahead_is_the_noise_asked_one_by_one():
+    x = torch.zeros(SHAPE)
+    sigmas = scheduler_sigmas(SCHEDULE, "karras", 6)
+    queries = [(sigmas[i], sigmas[i + 1]) for i in range(5)]
+    one_by_one = BrownianNoise(x, sigmas[-2], sigmas[0], seed=3)
+    expected = [one_by_one(*query) for query in queries]
+    ahead = BrownianNoise(x, sigmas[-2], sigmas[0], seed=3)
+    ahead.prefetch(queries)
+    assert all(torch.equal(ahead(*query), want) for query, want in zip(queries, expected))
+    assert not ahead._planned
+    off_plan = BrownianNoise(x, sigmas[-2], sigmas[0], seed=3)
+    off_plan.prefetch(queries[1:])  # asked for another query first: the worker stops, the answer is still right
+    assert torch.equal(off_plan(*queries[0]), expected[0]) and off_plan._worker is None
+
+
+@pytest.mark.parametrize("name", ["dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"])
+def test_sde_samplers_plan_every_brownian_query_they_make(sd, conds, name, monkeypatch):
+    asked, unplanned = [], []
+    real_call = BrownianNoise.__call__
+
+    def watched(self, sigma, sigma_next):
+        asked.append(1)
+        if not (self._planned and self._planned[0] == (float(sigma), float(sigma_next))):
+            unplanned.append((float(sigma), float(sigma_next)))
+        return real_call(self, sigma, sigma_next)
+
+    monkeypatch.setattr(BrownianNoise, "__call__", watched)
+    sample(sd, *conds, torch.zeros(SHAPE), seed=2, steps=5, cfg=5.0, sampler_name=name, scheduler="karras")
+    assert asked and unplanned == []
+
+
 # --- the start of sampling ---------------------------------------------------------------------------------------
 
 

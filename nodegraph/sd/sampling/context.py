@@ -8,8 +8,8 @@ A sampler is `sampler(model, x, sigmas, ctx) -> x`:
 - `ctx` carries the seed for the sampler's own noise, the per-step callback and the model's schedule.
 """
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,14 +28,26 @@ class SamplerContext:
     callback: StepCallback | None = None
     noise_sampler: NoiseSampler | None = None  # replaces the sampler's own noise (tests hand in a reference's)
     brownian_on_device: bool = False  # the `_gpu` SDE samplers keep their Brownian tree on the latent's device
+    _opened: list = field(default_factory=list, repr=False)  # noise sources with a worker to stop at the end
 
     def step_noise(self, x: torch.Tensor) -> NoiseSampler:
         """The noise of ancestral steps (ancestral samplers, ddpm, lcm)."""
         return self.noise_sampler or step_noise(x, self.seed)
 
-    def brownian_noise(self, x: torch.Tensor, sigmas: torch.Tensor) -> NoiseSampler:
-        """The noise of SDE steps: a Brownian tree over the positive sigmas."""
-        return self.noise_sampler or brownian_noise(x, sigmas, self.seed, on_cpu=not self.brownian_on_device)
+    def brownian_noise(self, x: torch.Tensor, sigmas: torch.Tensor, planned: Iterable[tuple] = ()) -> NoiseSampler:
+        """The noise of SDE steps: a Brownian tree over the positive sigmas. `planned` lists the (sigma, sigma_next)
+        queries the sampler will make, in order: they are answered ahead, while the model runs."""
+        if self.noise_sampler is not None:
+            return self.noise_sampler
+        noise = brownian_noise(x, sigmas, self.seed, on_cpu=not self.brownian_on_device, planned=planned)
+        self._opened.append(noise)
+        return noise
+
+    def close(self) -> None:
+        """Stop what is still computing ahead for a run that has ended (or failed, or was interrupted)."""
+        for noise in self._opened:
+            noise.close()
+        self._opened.clear()
 
     def report(self, i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
         """Called once per step, right after the step's first model evaluation (as k-diffusion's callback)."""

@@ -216,12 +216,26 @@ def dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, ctx: SamplerContext) ->
     return x
 
 
+def steps_to_noise(sigmas: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """The (sigma, sigma_next) of the steps that add noise: all but a last step to 0."""
+    return [(sigmas[i], sigmas[i + 1]) for i in range(len(sigmas) - 1) if sigmas[i + 1] > 0]
+
+
+def sde_midpoint(sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
+    """dpmpp_sde's intermediate point: halfway in lambda between the two sigmas (r = 1/2), as (lambda, sigma)."""
+    lambda_s = half_log_snr(sigma)
+    lambda_mid = lambda_s + 0.5 * (half_log_snr(sigma_next) - lambda_s)
+    return lambda_mid, sigma_at(lambda_mid)
+
+
 @torch.no_grad()
 def dpmpp_sde(model: Denoiser, x: Tensor, sigmas: Tensor, ctx: SamplerContext) -> Tensor:
     """DPM-Solver++ stochastic single-step (two evaluations per step, Brownian noise): detailed, slower."""
     if len(sigmas) <= 1:
         return x
-    noise = ctx.brownian_noise(x, sigmas)
+    queries = [pair for sigma, sigma_next in steps_to_noise(sigmas)
+               for pair in ((sigma, sde_midpoint(sigma, sigma_next)[1]), (sigma, sigma_next))]
+    noise = ctx.brownian_noise(x, sigmas, planned=queries)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, batch_sigma(x, sigma))
@@ -230,9 +244,7 @@ def dpmpp_sde(model: Denoiser, x: Tensor, sigmas: Tensor, ctx: SamplerContext) -
             x = denoised
             continue
         lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
-        h = lambda_t - lambda_s
-        lambda_mid = lambda_s + 0.5 * h
-        sigma_mid = sigma_at(lambda_mid)
+        lambda_mid, sigma_mid = sde_midpoint(sigma, sigma_next)
         # alpha is 1 for these schedules; ComfyUI still multiplies by it as computed, so its rounding is kept here
         alpha_s, alpha_mid, alpha_t = sigma * lambda_s.exp(), sigma_mid * lambda_mid.exp(), sigma_next * lambda_t.exp()
 
@@ -257,7 +269,7 @@ def dpmpp_2m_sde(model: Denoiser, x: Tensor, sigmas: Tensor, ctx: SamplerContext
     """DPM-Solver++(2M) SDE, midpoint variant: second-order multistep with Brownian noise, one evaluation per step."""
     if len(sigmas) <= 1:
         return x
-    noise = ctx.brownian_noise(x, sigmas)
+    noise = ctx.brownian_noise(x, sigmas, planned=steps_to_noise(sigmas))
     old_denoised, h, h_last = None, None, None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -284,7 +296,7 @@ def dpmpp_3m_sde(model: Denoiser, x: Tensor, sigmas: Tensor, ctx: SamplerContext
     """DPM-Solver++(3M) SDE: third-order multistep with Brownian noise, one evaluation per step; wants more steps."""
     if len(sigmas) <= 1:
         return x
-    noise = ctx.brownian_noise(x, sigmas)
+    noise = ctx.brownian_noise(x, sigmas, planned=steps_to_noise(sigmas))
     denoised_1, denoised_2 = None, None  # the estimates of the last two steps
     h, h_1, h_2 = None, None, None
     for i in range(len(sigmas) - 1):

@@ -123,7 +123,11 @@ def sample_along(sd, positive: torch.Tensor, negative: torch.Tensor | None, late
         if callback is not None:
             callback(i + 1, total, denoised)
 
-    x = sampler.step(model, x, sigmas, SamplerContext(schedule, seed=int(seed), callback=on_step))
+    ctx = SamplerContext(schedule, seed=int(seed), callback=on_step)
+    try:
+        x = sampler.step(model, x, sigmas, ctx)
+    finally:
+        ctx.close()
     denoised = x if last["denoised"] is None else last["denoised"]
     return SampleResult(latent=(x.float() / sd.latent_scale).cpu(), denoised=(denoised.float() / sd.latent_scale).cpu())
 

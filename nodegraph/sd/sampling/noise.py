@@ -9,8 +9,11 @@
   sizes.
 """
 
+import collections
+import queue
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -51,7 +54,12 @@ class BrownianNoise:
     One torchsde Brownian tree for the whole latent (its entropy is the seed), evaluated on the CPU in float32 as
     ComfyUI does, so the same seed gives the same path on any device; with on_cpu=False the tree lives on x's device
     (ComfyUI's `_gpu` samplers: faster there, but another path than the CPU's). `transform` maps sigma to the tree's
-    time axis (identity for the samplers here)."""
+    time axis (identity for the samplers here).
+
+    A query costs a few milliseconds at 512x512 (the tree bisects down to its tolerance, drawing noise of the latent's
+    size at every level), so a sampler that knows its queries hands them to `prefetch`, and a worker thread answers
+    them while the model runs.
+    """
 
     def __init__(self, x: torch.Tensor, sigma_min, sigma_max, seed: int | None,
                  transform: Callable[[torch.Tensor], torch.Tensor] = lambda sigma: sigma, on_cpu: bool = True):
@@ -68,11 +76,55 @@ class BrownianNoise:
         self.tree = torchsde.BrownianTree(t0.to(self.tree_device), torch.zeros_like(x, device=self.tree_device),
                                           t1.to(self.tree_device), entropy=int(seed))
         self.device, self.dtype = x.device, x.dtype
+        self._planned: collections.deque = collections.deque()
+        self._answers: queue.Queue = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._cancelled = threading.Event()
 
     def _as_time(self, sigma) -> torch.Tensor:
         return torch.as_tensor(self.transform(torch.as_tensor(sigma))).float()
 
+    def prefetch(self, queries: Iterable[tuple]) -> None:
+        """Start answering these (sigma, sigma_next) queries, in this order, on a worker thread. The tree sees the
+        same queries in the same order as when they are asked one by one, so the noise is the same; a query that
+        is not the next one planned stops the worker and is answered directly."""
+        self.close()
+        self._planned = collections.deque((float(a), float(b)) for a, b in queries)
+        self._answers, self._cancelled = queue.Queue(), threading.Event()
+        planned = list(self._planned)
+
+        def answer_all() -> None:
+            for key in planned:
+                if self._cancelled.is_set():
+                    return
+                try:
+                    self._answers.put((self._increment(*key), None))
+                except BaseException as error:  # handed to the sampler's thread, which raises it
+                    self._answers.put((None, error))
+                    return
+
+        self._worker = threading.Thread(target=answer_all, name="brownian-noise", daemon=True)
+        self._worker.start()
+
+    def close(self) -> None:
+        """Stop the worker (a run that ends early leaves nothing computing); the tree is the caller's again."""
+        if self._worker is not None:
+            self._cancelled.set()
+            self._worker.join()
+            self._worker = None
+        self._planned.clear()
+
     def __call__(self, sigma, sigma_next) -> torch.Tensor:
+        if self._planned and self._planned[0] == (float(sigma), float(sigma_next)):
+            self._planned.popleft()
+            increment, error = self._answers.get()
+            if error is not None:
+                raise error
+            return increment
+        self.close()
+        return self._increment(sigma, sigma_next)
+
+    def _increment(self, sigma, sigma_next) -> torch.Tensor:
         t0, t1 = self._as_time(sigma), self._as_time(sigma_next)
         sign = self.sign
         if t0 > t1:
@@ -84,6 +136,12 @@ class BrownianNoise:
         return increment.to(self.device, self.dtype) * sign / (t1 - t0).abs().sqrt().to(self.device)
 
 
-def brownian_noise(x: torch.Tensor, sigmas: torch.Tensor, seed: int | None, on_cpu: bool = True) -> BrownianNoise:
-    """The Brownian noise of an SDE sampler stepping along `sigmas` (its tree spans the positive sigmas)."""
-    return BrownianNoise(x, sigmas[sigmas > 0].min(), sigmas.max(), seed, on_cpu=on_cpu)
+def brownian_noise(x: torch.Tensor, sigmas: torch.Tensor, seed: int | None, on_cpu: bool = True,
+                   planned: Iterable[tuple] = ()) -> BrownianNoise:
+    """The Brownian noise of an SDE sampler stepping along `sigmas` (its tree spans the positive sigmas); `planned`
+    queries are answered ahead on a worker thread."""
+    noise = BrownianNoise(x, sigmas[sigmas > 0].min(), sigmas.max(), seed, on_cpu=on_cpu)
+    planned = list(planned)
+    if planned:
+        noise.prefetch(planned)
+    return noise
