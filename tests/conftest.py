@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the fixture builders in tests/ import as plain modules
+sys.path.insert(1, str(Path(__file__).parent.parent))  # and tools/ as a package, from the repository root
 
 from checkpoints import TinyConfig, write_checkpoint  # noqa: E402
 
