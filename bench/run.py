@@ -1,8 +1,11 @@
 """nodegraph against diffusers on the same weights, same device, dtype and thread count, in one process.
 
-    python -m bench.run                         # everything (about 15 minutes on 2 CPU cores)
-    python -m bench.run unet vae text load       # some sections
+    python -m bench.run                         # everything (about 25 minutes on 2 CPU cores)
+    python -m bench.run unet vae load executor   # some sections
     python -m bench.run --repeats 5 unet
+
+Sections: unet, vae (decode and text encoding), bigvae, load, executor, txt2img (DDPM and dpmpp_2m karras), samplers
+(each sampler's cost per step beyond its UNet calls, with a stand-in UNet that costs nothing).
 
 Runs alternate (ours, theirs, ours, ...) so drift in machine speed hits both alike. Prints a table (median and
 spread = max - min) and writes bench/results/<section>.json.
@@ -221,36 +224,73 @@ def psnr(image: torch.Tensor, reference: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
-@torch.no_grad()
-def bench_txt2img(path: Path, repeats: int, steps: int = 20) -> None:
-    """A whole 512x512 txt2img: nodegraph with default settings against diffusers' default (fp32) pipeline."""
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
+SD_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}  # SD 1.x's training schedule
+
+
+def diffusers_pipeline(path: Path, dtype: torch.dtype, scheduler, channels_last: bool = False):
+    """diffusers' StableDiffusionPipeline over the checkpoint's weights in `dtype`, with `scheduler`."""
+    from diffusers import StableDiffusionPipeline
 
     from bench.reference import load_diffusers, reference_tokenizer
+    unet, vae, text = load_diffusers(path, dtype)
+    if channels_last:  # with bf16, diffusers' fastest CPU setup (see bench_unet)
+        unet, vae = unet.to(memory_format=torch.channels_last), vae.to(memory_format=torch.channels_last)
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=reference_tokenizer(),
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def bench_txt2img(path: Path, repeats: int, steps: int = 20) -> None:
+    """A whole 512x512 txt2img: nodegraph with default settings against diffusers' default (fp32) pipeline; then
+    dpmpp_2m with karras sigmas against diffusers' DPMSolverMultistepScheduler alike, both in nodegraph's dtype, from
+    the same starting noise, with the PSNR between the two pictures."""
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
     from nodegraph.sd import load_checkpoint, sample
+    from nodegraph.sd.sampling import initial_noise
 
     ours = load_checkpoint(path)  # dtype=None: bf16 on this CPU
-    unet, vae, text = load_diffusers(path, torch.float32)
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=reference_tokenizer(), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False, scheduler=DDPMScheduler(
-                                       beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                       clip_sample=False, steps_offset=1, timestep_spacing="leading"))
-    pipe.set_progress_bar_config(disable=True)
-    prompt = "a photograph of an astronaut riding a horse"
+    prompt, seed, pictures = "a photograph of an astronaut riding a horse", 1, {}
 
-    def nodegraph_image():
+    def nodegraph_image(**sampler):
         latent = sample(ours, ours.encode_prompt([prompt]), ours.encode_prompt([""]), torch.zeros(1, 4, 64, 64),
-                        seed=1, steps=steps, cfg=7.5)
-        return ours.vae.decode(latent)
+                        seed=seed, steps=steps, cfg=7.5, **sampler)
+        return ours.vae.decode(latent)  # [-1, 1]
 
-    def diffusers_image():
-        return pipe(prompt, num_inference_steps=steps, guidance_scale=7.5, output_type="pt",
-                    generator=torch.Generator("cpu").manual_seed(1)).images
+    def diffusers_image(pipe, **options):
+        images = pipe(prompt, num_inference_steps=steps, guidance_scale=7.5, output_type="pt",
+                      generator=torch.Generator("cpu").manual_seed(seed), **options).images
+        return images.float() * 2 - 1  # from [0, 1]
 
-    results = measure({"nodegraph default (bf16)": nodegraph_image, "diffusers default (fp32)": diffusers_image},
-                      repeats, warmup=0)
-    table(f"txt2img 512x512, {steps} DDPM steps, CFG", results, "diffusers default (fp32)")
-    save("txt2img", results)
+    pipe = diffusers_pipeline(path, torch.float32, DDPMScheduler(**SD_BETAS, clip_sample=False, steps_offset=1,
+                                                                 timestep_spacing="leading"))
+    ddpm = measure({"nodegraph default (bf16)": nodegraph_image,
+                    "diffusers default (fp32)": lambda: diffusers_image(pipe)}, repeats, warmup=0)
+    table(f"txt2img 512x512, {steps} DDPM steps, CFG", ddpm, "diffusers default (fp32)")
+
+    del pipe
+    dtype = ours.dtype
+    # steps_offset=1 only because the pipeline rewrites the config to it otherwise: unused with karras sigmas
+    dpm_solver = DPMSolverMultistepScheduler(**SD_BETAS, use_karras_sigmas=True, algorithm_type="dpmsolver++",
+                                             solver_order=2, steps_offset=1)
+    pipe = diffusers_pipeline(path, dtype, dpm_solver, channels_last=dtype == torch.bfloat16)
+    noise = initial_noise((1, 4, 64, 64), seed).to(dtype)  # nodegraph's start (diffusers' init_noise_sigma is 1)
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+    ours_name, theirs_name = f"nodegraph dpmpp_2m {name}", f"diffusers DPMSolverMultistep {name}"
+
+    def keep(key, run):
+        return lambda: pictures.__setitem__(key, run())
+
+    dpm = measure({ours_name: keep("ours", lambda: nodegraph_image(sampler_name="dpmpp_2m", scheduler="karras")),
+                   theirs_name: keep("theirs", lambda: diffusers_image(pipe, latents=noise))}, repeats, warmup=0)
+    layout = " (diffusers channels_last)" if dtype == torch.bfloat16 else ""
+    table(f"txt2img 512x512, {steps} dpmpp_2m steps, karras sigmas, CFG, both {name}{layout}", dpm, theirs_name)
+    dpm["psnr_db"] = psnr(pictures["ours"], pictures["theirs"])
+    print(f"  PSNR between the two pictures: {dpm['psnr_db']:.1f} dB (same weights, same solver, same noise)")
+    save("txt2img", {"ddpm": ddpm, "dpmpp_2m_karras": dpm})
 
 
 def bench_executor(repeats: int) -> None:
@@ -290,7 +330,90 @@ def bench_executor(repeats: int) -> None:
     save("executor", results)
 
 
-SECTIONS = ["unet", "vae", "bigvae", "load", "executor", "txt2img"]
+class StandInUNet:
+    """A UNet that costs next to nothing: the same precomputed noise prediction at every call, in the dtype the real
+    one answers in; it counts its calls and the time spent inside them. With `hold_s` each call also waits that long
+    without using the CPU, as a call into a GPU does: what a sampler computes meanwhile on other threads is hidden."""
+
+    def __init__(self, output: torch.Tensor, hold_s: float = 0.0):
+        self.output, self.hold_s, self.calls, self.seconds = output, hold_s, 0, 0.0
+
+    def __call__(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        started = time.perf_counter()
+        if x.shape != self.output.shape:
+            raise ValueError(f"stand-in UNet built for {tuple(self.output.shape)}, called with {tuple(x.shape)}")
+        if self.hold_s:
+            time.sleep(self.hold_s)
+        self.calls += 1
+        self.seconds += time.perf_counter() - started
+        return self.output
+
+
+def sampler_overheads(hold_s: float, runs: int, size: int, steps: int, scheduler: str) -> dict:
+    """Per sampler: UNet calls per step, and the median (and spread) of the ms per step spent outside the UNet."""
+    from nodegraph.device import pick_dtype
+    from nodegraph.sd import StableDiffusion
+    from nodegraph.sd.sampling import SAMPLER_NAMES, sample_ksampler
+
+    cpu = torch.device("cpu")
+    dtype = pick_dtype(cpu)  # what the real UNet would answer in
+    output = torch.randn(2, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0)).to(dtype)
+    unet = StandInUNet(output, hold_s)
+    sd = StableDiffusion(tokenizer=None, text_encoder=None, unet=unet, vae=None, device=cpu, dtype=dtype)
+    positive, negative = torch.randn(1, 77, 768), torch.randn(1, 77, 768)
+    latent = torch.zeros(1, 4, size // 8, size // 8)
+    inside = {name: [] for name in SAMPLER_NAMES}  # (calls, seconds in the UNet) of each run, warm-up included
+
+    def run(name):
+        def sample_once():
+            unet.calls, unet.seconds = 0, 0.0
+            sample_ksampler(sd, positive, negative, latent, seed=1, steps=steps, cfg=7.5, sampler_name=name,
+                            scheduler=scheduler)
+            inside[name].append((unet.calls, unet.seconds))
+        return sample_once
+
+    warmup = 1
+    timed = measure({name: run(name) for name in SAMPLER_NAMES}, runs, warmup)
+    results = {}
+    for name in SAMPLER_NAMES:
+        done = inside[name][warmup:]
+        per_step = [(wall - seconds) / steps * 1000 for wall, (_, seconds) in zip(timed[name]["runs"], done)]
+        results[name] = {"unet_calls_per_step": done[0][0] / steps, "overhead_ms_per_step": statistics.median(per_step),
+                         "spread_ms": max(per_step) - min(per_step), "runs_ms_per_step": per_step}
+    return results
+
+
+@torch.no_grad()
+def bench_samplers(repeats: int, size: int = 512, steps: int = 20, scheduler: str = "karras",
+                   target_ms: float = 1.0, hold_ms: float = 30.0) -> None:
+    """Each sampler's own cost per step: a whole KSampler run (sigmas, noise, guidance, steps, the way back to a raw
+    latent) on a StableDiffusion with the real schedule and a stand-in UNet, less the time inside the UNet, per step.
+    CFG, so the UNet sees batch 2. Twice: with a UNet that answers at once (all the sampler's CPU time shows), and
+    with one that holds each call hold_ms without using the CPU, as a GPU does (work on other threads overlaps)."""
+    from nodegraph.sd.sampling import SAMPLER_NAMES
+
+    instant = sampler_overheads(0.0, repeats * 5, size, steps, scheduler)
+    held = sampler_overheads(hold_ms / 1000, max(repeats, 3), size, steps, scheduler)
+    print(f"\nsampler cost per step beyond the UNet calls, {size}x{size} (latent {size // 8}x{size // 8}, batch 1, "
+          f"CFG), {scheduler}, {steps} steps; target <= {target_ms:g} ms")
+    print(f"  {'sampler':<20} {'UNet calls/step':>15} {'UNet at once':>13} {'spread':>7} "
+          f"{f'UNet holds {hold_ms:g} ms':>17} {'spread':>7}")
+    # After each held call the CPU's thread pool wakes up again, which costs the same whatever the sampler: euler,
+    # the plainest rule, measures it; a sampler's own cost under a GPU-like UNet is what it adds beyond that.
+    baseline = held["euler"]["overhead_ms_per_step"]
+    for name in SAMPLER_NAMES:
+        a, b = instant[name], held[name]
+        a["meets_target"] = a["overhead_ms_per_step"] <= target_ms
+        b["beyond_euler_ms_per_step"] = b["overhead_ms_per_step"] - baseline
+        b["meets_target"] = b["beyond_euler_ms_per_step"] <= target_ms
+        verdict = "ok" if a["meets_target"] else "hidden behind the UNet" if b["meets_target"] else "OVER"
+        print(f"  {name:<20} {a['unet_calls_per_step']:15.2f} {a['overhead_ms_per_step']:10.3f} ms {a['spread_ms']:7.3f} "
+              f"{b['overhead_ms_per_step']:14.3f} ms {b['spread_ms']:7.3f}   {verdict}")
+    save("samplers", {"size": size, "steps": steps, "scheduler": scheduler, "target_ms_per_step": target_ms,
+                      "hold_ms": hold_ms, "unet_at_once": instant, "unet_holds": held})
+
+
+SECTIONS = ["unet", "vae", "bigvae", "load", "executor", "txt2img", "samplers"]
 
 
 def main() -> None:
@@ -320,6 +443,8 @@ def main() -> None:
         bench_executor(args.repeats)
     if "txt2img" in sections:
         bench_txt2img(path, max(1, args.repeats // 3))
+    if "samplers" in sections:
+        bench_samplers(args.repeats)
 
 
 if __name__ == "__main__":

@@ -44,18 +44,24 @@ class GuidedDenoiser:
         if not self.skip_negative and positive.shape[1] != negative.shape[1]:
             self.positive, self.negative = common_token_length(positive, negative)
         self.before_each_call = before_each_call
+        self._context: dict[tuple, torch.Tensor] = {}  # by (batch, device): built once, not at every call
+
+    def context(self, batch: int, device: torch.device) -> torch.Tensor:
+        """The UNet's context for a batch of latents: the positive prompt, then the negative unless skipped."""
+        key = (batch, device)
+        if key not in self._context:
+            parts = [self.positive] if self.skip_negative else [self.positive, self.negative]
+            self._context[key] = torch.cat([repeat_to_batch(part, batch) for part in parts]).to(device)
+        return self._context[key]
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.before_each_call is not None:
             self.before_each_call()
-        batch = x.shape[0]
         model_input = self.schedule.model_input(sigma, x)
         timestep = self.schedule.timestep(sigma)
-        positive = repeat_to_batch(self.positive, batch).to(x.device)
+        context = self.context(x.shape[0], x.device)
         if self.skip_negative:
-            return self.schedule.denoised(sigma, self.unet(model_input, timestep, positive).float(), x)
-        negative = repeat_to_batch(self.negative, batch).to(x.device)
-        output = self.unet(torch.cat([model_input, model_input]), torch.cat([timestep, timestep]),
-                           torch.cat([positive, negative])).float()
+            return self.schedule.denoised(sigma, self.unet(model_input, timestep, context).float(), x)
+        output = self.unet(torch.cat([model_input, model_input]), torch.cat([timestep, timestep]), context).float()
         cond, uncond = (self.schedule.denoised(sigma, part, x) for part in output.chunk(2))
         return uncond + (cond - uncond) * self.cfg
