@@ -80,3 +80,27 @@ def test_euler_ancestral_is_diffusers_euler_ancestral_with_noise_from_seed_plus_
     actual = sample_ksampler(sd, positive, negative, torch.zeros(SHAPE), seed=77, steps=5, cfg=CFG,
                              sampler_name="euler_ancestral", scheduler="karras").latent
     assert relative_error(actual, expected) <= 1e-5
+
+
+def test_ddim_with_ddim_uniform_is_diffusers_ddim(sd, their_unet):
+    """ComfyUI's ddim (Euler in sigma space) along ddim_uniform's timesteps 1 + k * (1000 // steps) is DDIM with eta 0
+    on SD's "leading" timesteps with offset 1, stepping to alpha-bar 1 at the end."""
+    from diffusers import DDIMScheduler
+    positive, negative = sd.encode_prompt(["a green square"]), sd.encode_prompt(["blurry"])
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                              set_alpha_to_one=True, steps_offset=1, timestep_spacing="leading")
+    scheduler.set_timesteps(5)
+    sigmas = ksampler_sigmas(sd.schedule, "ddim_uniform", 5)
+    assert scheduler.timesteps.tolist() == [801, 601, 401, 201, 1]
+    noise = initial_noise(SHAPE, 21)
+    # DDIM works on x / sqrt(1 + sigma^2): ComfyUI starts at noise * sigma, which is that much below unit variance
+    latents = noise * sigmas[0] / math.sqrt(1 + float(sigmas[0]) ** 2)
+    context = torch.cat([negative, positive])
+    for t in scheduler.timesteps:
+        with torch.no_grad():
+            eps_negative, eps_positive = their_unet(torch.cat([latents, latents]), t,
+                                                    encoder_hidden_states=context).sample.chunk(2)
+        latents = scheduler.step(eps_negative + CFG * (eps_positive - eps_negative), t, latents, eta=0.0).prev_sample
+    actual = sample_ksampler(sd, positive, negative, torch.zeros(SHAPE), seed=21, steps=5, cfg=CFG,
+                             sampler_name="ddim", scheduler="ddim_uniform").latent
+    assert relative_error(actual, latents / 0.18215) <= 1e-5
