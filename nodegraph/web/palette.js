@@ -33,7 +33,9 @@ export class Palette {
       const section = document.createElement("section");
       section.className = "palette-group";
       section.dataset.category = category;
-      const heading = Object.assign(document.createElement("h3"), { textContent: category });
+      // ComfyUI's nested categories ("sampling/custom_sampling/schedulers") read as a path that wraps in the narrow panel
+      const label = category.replaceAll("_", " ").split("/").join(" › ");
+      const heading = Object.assign(document.createElement("h3"), { textContent: label });
       section.append(heading);
       for (const node of groups.get(category).sort((a, b) => a.type.localeCompare(b.type))) {
         section.append(this.item(node));
