@@ -68,7 +68,9 @@ class Editor:
     def add_by_drag(self, node_type: str, x: float, y: float) -> str:
         """Drag a palette entry onto the canvas; the node's top-left corner lands at canvas (x, y)."""
         before = self.node_ids()
-        self.drag(self.center(self.page.locator(f'.palette-item[data-type="{node_type}"]')), self.to_screen(x, y))
+        item = self.page.locator(f'.palette-item[data-type="{node_type}"]')
+        item.scroll_into_view_if_needed()  # the palette scrolls: later categories start below the window
+        self.drag(self.center(item), self.to_screen(x, y))
         return self._added(before)
 
     def move_node(self, node_id: str, x: float, y: float) -> None:
