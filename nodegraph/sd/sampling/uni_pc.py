@@ -21,6 +21,7 @@ import math
 import torch
 
 from .context import Denoiser, SamplerContext
+from .schedule import per_item
 
 ZERO_SIGMA_STANDIN = 0.001  # UniPC's lambda is infinite at sigma 0: ComfyUI steps to this sigma instead
 
@@ -42,18 +43,14 @@ def _half_log_snr(sigma: torch.Tensor) -> torch.Tensor:
     return log_alpha - 0.5 * torch.log(1. - torch.exp(2. * log_alpha))
 
 
-def _per_item(v: torch.Tensor, ndim: int) -> torch.Tensor:
-    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
-
-
 def _x0_estimate(model: Denoiser, x_vp: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """The model's x0 estimate for variance-preserving x, by ComfyUI's route: back to sigma space for the denoiser,
     its noise estimate, then x0 from the noise with the VP alpha and std (the same x0 up to rounding, which this
     keeps)."""
-    s = _per_item(sigma, x_vp.ndim)
+    s = per_item(sigma, x_vp.ndim)
     x = x_vp * ((s**2 + 1.0) ** 0.5)
     eps = (x - model(x, sigma)) / s
-    return (x_vp - _per_item(_vp_std(sigma), x_vp.ndim) * eps) / _per_item(_alpha(sigma), x_vp.ndim)
+    return (x_vp - per_item(_vp_std(sigma), x_vp.ndim) * eps) / per_item(_alpha(sigma), x_vp.ndim)
 
 
 def _b_h_coefficients(hh: torch.Tensor, order: int, variant: str, device: torch.device) -> torch.Tensor:
@@ -99,8 +96,8 @@ def _uni_pc_step(model: Denoiser, x: torch.Tensor, x0s: list[torch.Tensor], sigm
     vandermonde = torch.stack([torch.pow(ratios, i - 1) for i in range(1, order + 1)])
 
     # The first-order (DDIM-like) exponential-integrator step; both predictor and corrector add to it.
-    x_first = _per_item(std_ratio, ndim) * x - _per_item(alpha * h_phi_1, ndim) * x0_prev
-    weight = _per_item(alpha * b_h, ndim)
+    x_first = per_item(std_ratio, ndim) * x - per_item(alpha * h_phi_1, ndim) * x0_prev
+    weight = per_item(alpha * b_h, ndim)
     stacked = torch.stack(differences, dim=1) if differences else None  # [B, order - 1, C, H, W]
     x_next = x_first
     if stacked is not None:
