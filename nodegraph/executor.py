@@ -226,6 +226,7 @@ class Executor:
         self.cache = OutputCache(cache_budget_bytes)
         self._interrupt = threading.Event()
         self._run_lock = threading.Lock()
+        self._extra_pnginfo: dict | None = None
 
     def validate(self, workflow: dict) -> ValidWorkflow:
         """The runnable form of `workflow`; raises InvalidWorkflow listing every problem."""
@@ -235,17 +236,22 @@ class Executor:
         """Stop the current run at the next node boundary or sampler step (it raises Interrupted)."""
         self._interrupt.set()
 
-    def run(self, workflow: dict | ValidWorkflow, on_event: Listener | None = None,
-            run_id: str | None = None) -> RunResult:
+    def run(self, workflow: dict | ValidWorkflow, on_event: Listener | None = None, run_id: str | None = None,
+            extra_data: dict | None = None, targets: list[str] | None = None) -> RunResult:
         """Run what the workflow's output nodes need. Raises InvalidWorkflow (before anything runs), NodeFailed,
-        or Interrupted; events go to `on_event` as they happen."""
+        or Interrupted; events go to `on_event` as they happen.
+
+        `extra_data` is ComfyUI's (its "extra_pnginfo" goes into saved PNGs); `targets` limits the run to these
+        output nodes (ComfyUI's partial_execution_targets)."""
         valid = workflow if isinstance(workflow, ValidWorkflow) else self.validate(workflow)
+        extra_pnginfo = (extra_data or {}).get("extra_pnginfo")
+        self._extra_pnginfo = extra_pnginfo if isinstance(extra_pnginfo, dict) else None
         emit = on_event or (lambda event: None)
         run_id = run_id or uuid.uuid4().hex
         with self._run_lock:
             self._interrupt.clear()  # an interrupt is meant for the run in progress, not the next one
             emit(ExecutionStart(run_id))
-            to_run, results, signatures, ui_outputs = self._plan(valid, run_id, emit)
+            to_run, results, signatures, ui_outputs = self._plan(valid, run_id, emit, targets)
             cached = list(results)
             emit(ExecutionCached(run_id, nodes=cached))
             remaining_uses = {}
@@ -278,9 +284,14 @@ class Executor:
             emit(ExecutionSuccess(run_id, outputs=ui_outputs))
             return RunResult(run_id, outputs=ui_outputs, executed=to_run, cached=cached)
 
-    def _plan(self, valid: ValidWorkflow, run_id: str, emit: Listener):
+    def _plan(self, valid: ValidWorkflow, run_id: str, emit: Listener, targets: list[str] | None = None):
         """Which nodes must run (in order), and the cached outputs the run will use instead of running the rest."""
         outputs = valid.output_nodes
+        if targets is not None:
+            unknown = sorted(set(targets) - set(outputs))
+            if unknown:
+                raise ValueError(f"partial execution targets {unknown} are not output nodes of the workflow")
+            outputs = [node_id for node_id in outputs if node_id in set(targets)]
         needed = set(outputs).union(*(nx.ancestors(valid.graph, node_id) for node_id in outputs))
         order = list(nx.lexicographical_topological_sort(valid.graph.subgraph(needed)))
 
@@ -314,7 +325,8 @@ class Executor:
         def report(step: int, total: int, preview: Any) -> None:
             emit(Progress(run_id, node_id=node.id, step=step, total=total, preview=preview))
 
-        ctx = RunContext(self.env, node.id, valid.source, report=report, interrupt_flag=self._interrupt)
+        ctx = RunContext(self.env, node.id, valid.source, prompt=valid.prompt, extra_pnginfo=self._extra_pnginfo,
+                         report=report, interrupt_flag=self._interrupt)
         try:
             outputs = node.node_class().run(ctx, **inputs)
             expected = set(node.node_class.OUTPUTS)

@@ -85,6 +85,8 @@ class ValidWorkflow:
     source: dict
     nodes: dict[str, PlannedNode]
     graph: nx.DiGraph = field(repr=False)
+    format: str = "native"  # the format `source` came in: native, api (ComfyUI's API prompt) or ui (its workflow)
+    prompt: dict = field(default_factory=dict)  # the same graph in ComfyUI's API format (what its PNGs embed)
 
     @property
     def output_nodes(self) -> list[str]:

@@ -7,7 +7,7 @@ import torch
 
 from engine_fixtures import CHECKPOINT_NAME, all_files, env, node, sd_env, workflow  # noqa: F401
 from nodegraph.executor import Executor, Interrupted, NodeFailed
-from nodegraph.nodes import Environment, builtin_registry
+from nodegraph.nodes import Environment, Latent, builtin_registry
 from nodegraph.sd.sampling import SAMPLER_NAMES, SCHEDULER_NAMES
 from nodegraph.workflow import InvalidWorkflow
 
@@ -75,8 +75,8 @@ def test_every_sampler_runs_from_a_node_to_a_finite_latent(sd_env, sampler_name)
     positive, negative = sd.encode_prompt(["a red circle"]), sd.encode_prompt([""])
     ctx = RunContext(env=sd_env, node_id="k", workflow={})
     latent = KSampler().run(ctx, model=sd, seed=1, steps=4, cfg=6.0, sampler_name=sampler_name, scheduler="karras",
-                            positive=positive, negative=negative, latent_image=torch.zeros(1, 4, 8, 8),
-                            denoise=1.0)["LATENT"]
+                            positive=positive, negative=negative, latent_image=Latent(torch.zeros(1, 4, 8, 8)),
+                            denoise=1.0)["LATENT"].samples
     assert latent.shape == (1, 4, 8, 8) and torch.isfinite(latent).all() and latent.abs().mean() > 0.01
 
 
@@ -88,7 +88,7 @@ def test_sampler_custom_with_a_basic_scheduler_is_ksampler(sd_env):
     sd = load_checkpoint(sd_env.checkpoints_dir / CHECKPOINT_NAME, device="cpu", dtype=torch.float32)
     ctx = RunContext(env=sd_env, node_id="k", workflow={})
     conds = dict(positive=sd.encode_prompt(["a red circle"]), negative=sd.encode_prompt([""]))
-    start = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    start = Latent(torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)))
     for sampler_name, denoise in (("dpmpp_2m", 1.0), ("euler_ancestral", 0.6)):
         expected = KSampler().run(ctx, model=sd, seed=5, steps=5, cfg=6.0, sampler_name=sampler_name,
                                   scheduler="karras", latent_image=start, denoise=denoise, **conds)["LATENT"]
@@ -96,11 +96,11 @@ def test_sampler_custom_with_a_basic_scheduler_is_ksampler(sd_env):
         sigmas = BasicScheduler().run(ctx, model=sd, scheduler="karras", steps=5, denoise=denoise)["SIGMAS"]
         outputs = SamplerCustom().run(ctx, model=sd, add_noise=True, noise_seed=5, cfg=6.0, sampler=sampler,
                                       sigmas=sigmas, latent_image=start, **conds)
-        assert torch.equal(outputs["output"], expected)
+        assert torch.equal(outputs["output"].samples, expected.samples)
         # stopped above sigma 0, the output keeps its noise; denoised_output is the last step's estimate of x0
         high = SamplerCustom().run(ctx, model=sd, add_noise=True, noise_seed=5, cfg=6.0, sampler=sampler,
                                    sigmas=sigmas[:3], latent_image=start, **conds)
-        assert not torch.allclose(high["output"], high["denoised_output"], atol=1e-3)
+        assert not torch.allclose(high["output"].samples, high["denoised_output"].samples, atol=1e-3)
 
 
 def test_split_sigmas_share_the_split_step_and_the_halves_run_as_the_whole(sd_env):

@@ -18,10 +18,13 @@ descriptions; links typed by socket type), its outputs by name and socket type, 
 What travels along each socket type (every node producing or consuming it keeps to this):
     MODEL, CLIP, VAE   the loaded checkpoint object from `nodegraph.sd.load_checkpoint`; LoadCheckpoint hands the same
                        object out under all three, and each consumer uses the part it needs (unet, text encoder, vae).
-    CONDITIONING       float32 CPU tensor [B, 77, C] of text-encoder hidden states (C = context width).
-    LATENT             float32 CPU tensor [B, 4, H/8, W/8] in raw VAE space (unscaled: the sampler applies
-                       latent_scale on the way in and out, so latents stay portable between models).
+    CONDITIONING       a tuple of `nodegraph.sd.conditioning.Cond` (ComfyUI's list of [tensor, {options}]): each a
+                       float32 CPU context [B, T, C] of text-encoder states with its area, mask and strength.
+    LATENT             a `Latent`: samples, a float32 CPU tensor [B, 4, H/8, W/8] in raw VAE space (unscaled: the
+                       sampler applies latent_scale on the way in and out, so latents stay portable between models),
+                       with an optional noise_mask (inpainting) and batch_index (ComfyUI's latent dict).
     IMAGE              float32 CPU tensor [B, 3, H, W] with values in [0, 1].
+    MASK               float32 CPU tensor [B, H, W] with values in [0, 1] (1 = the region to change).
     SAMPLER            a `nodegraph.sd.sampling.Sampler` (a step rule by ComfyUI's name).
     SIGMAS             float32 CPU tensor [N] of decreasing noise levels to sample along (N - 1 steps).
 Other upper-case socket names are allowed (a node family may bring its own); a link only connects equal types.
@@ -32,6 +35,7 @@ what the node produced for people (SaveImage: the files it wrote), sent with the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import tempfile
@@ -44,9 +48,21 @@ from typing import Annotated, Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-SOCKET_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "SAMPLER", "SIGMAS")
+SOCKET_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "SAMPLER", "SIGMAS")
 BUILTIN_MODULES = ("loaders", "conditioning", "latent", "sampling", "sigmas", "image")
 UI_KEY = "ui"
+
+
+@dataclass(frozen=True)
+class Latent:
+    """What travels along a LATENT socket: ComfyUI's latent dict {"samples", "noise_mask"?, "batch_index"?}."""
+
+    samples: Any  # float32 CPU tensor [B, 4, h, w], raw VAE space
+    noise_mask: Any = None  # float32 tensor [B or 1, H, W] (any resolution; 1 = repaint), or None: change everything
+    batch_index: tuple[int, ...] | None = None  # which seed-noise index each item takes (LatentFromBatch keeps it)
+
+    def replace(self, **changes) -> "Latent":
+        return dataclasses.replace(self, **changes)
 
 
 class Interrupted(Exception):
@@ -75,7 +91,9 @@ class RunContext:
 
     env: Environment
     node_id: str
-    workflow: dict  # the workflow being run, as submitted (SaveImage embeds it in its PNGs)
+    workflow: dict  # the workflow being run, as submitted (our SaveImage embeds it in its PNGs)
+    prompt: dict = field(default_factory=dict)  # the same in ComfyUI's API format (ComfyUI's SaveImage embeds it)
+    extra_pnginfo: dict | None = None  # ComfyUI's extra_data.extra_pnginfo: more PNG text chunks, e.g. "workflow"
     report: Callable[[int, int, Any], None] = lambda step, total, preview: None
     interrupt_flag: threading.Event = field(default_factory=threading.Event)
 
@@ -143,6 +161,9 @@ class InputSpec:
     choices: tuple | None = None  # fixed choices
     choices_from: Choices | None = None  # choices that depend on the environment
     multiline: bool = False
+    control_after_generate: bool = False  # a seed: ComfyUI's UI files keep a "randomize"/"fixed" value after it
+    image_upload: bool = False  # LoadImage's file: ComfyUI's UI files keep an "image" upload value after it
+    optional: bool = False  # listed under ComfyUI's input.optional instead of input.required
 
     def allowed_choices(self, env: Environment) -> list | None:
         if self.choices_from is not None:
@@ -192,6 +213,7 @@ class InputSpec:
 def _input_spec(name: str, field_info) -> InputSpec:
     metadata = list(field_info.metadata)
     socket = next((m for m in metadata if isinstance(m, Socket)), None)
+    extra = field_info.json_schema_extra if isinstance(field_info.json_schema_extra, dict) else {}
     common = dict(
         name=name,
         required=field_info.is_required(),
@@ -199,7 +221,7 @@ def _input_spec(name: str, field_info) -> InputSpec:
         description=field_info.description or "",
     )
     if socket is not None:
-        return InputSpec(kind="link", type=socket.type, **common)
+        return InputSpec(kind="link", type=socket.type, optional=bool(extra.get("optional")), **common)
 
     annotation = field_info.annotation
     choices = None
@@ -216,13 +238,15 @@ def _input_spec(name: str, field_info) -> InputSpec:
         if getattr(m, "gt", None) is not None:
             bounds["minimum_exclusive"] = True
     dynamic = next((m for m in metadata if isinstance(m, Choices)), None)
-    extra = field_info.json_schema_extra if isinstance(field_info.json_schema_extra, dict) else {}
     return InputSpec(
         kind="constant",
         type=_CONSTANT_TYPES[annotation],
         choices=choices,
         choices_from=dynamic,
         multiline=bool(extra.get("multiline")),
+        control_after_generate=bool(extra.get("control_after_generate")),
+        image_upload=bool(extra.get("image_upload")),
+        optional=bool(extra.get("optional")),
         **bounds,
         **common,
     )
@@ -232,9 +256,17 @@ def _input_spec(name: str, field_info) -> InputSpec:
 
 
 class Node:
-    """Base of every node. Subclasses set the class attributes below and implement `run`."""
+    """Base of every node. Subclasses set the class attributes below and implement `run`.
 
-    TYPE: ClassVar[str]  # the name workflow files use; defaults to the class name
+    Two namespaces: our native workflow files name a node by TYPE; ComfyUI's formats (API and UI) name it by
+    COMFY_TYPE. Most nodes are the same in both. Where one of our nodes has a ComfyUI name with other inputs
+    (VAEDecode, VAEEncode, SaveImage, LoadImage, ImageScale), ours sets COMFY_TYPE = None and ComfyUI's is a second,
+    thin declaration over the same implementation, with TYPE "ComfyUI.<name>" and COMFY_TYPE "<name>".
+    """
+
+    TYPE: ClassVar[str]  # the name native workflow files use; defaults to the class name
+    COMFY_TYPE: ClassVar[str | None]  # the class_type ComfyUI's formats use; defaults to TYPE; None: not there
+    DISPLAY_NAME: ClassVar[str] = ""  # ComfyUI's display_name (its menus' title); defaults to TYPE
     CATEGORY: ClassVar[str] = ""
     DESCRIPTION: ClassVar[str] = ""
     Inputs: ClassVar[type[NodeInputs]] = NodeInputs
@@ -244,6 +276,9 @@ class Node:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.TYPE = cls.__dict__.get("TYPE", cls.__name__)
+        cls.COMFY_TYPE = cls.__dict__.get("COMFY_TYPE", cls.TYPE)
+        if not cls.__dict__.get("DISPLAY_NAME"):
+            cls.DISPLAY_NAME = cls.COMFY_TYPE or cls.TYPE
 
     @classmethod
     @functools.cache
@@ -281,6 +316,7 @@ class NodeRegistry:
 
     def __init__(self, nodes=()):
         self._nodes: dict[str, type[Node]] = {}
+        self._comfy: dict[str, type[Node]] = {}  # ComfyUI's namespace: class_type -> node
         for node in nodes:
             self.add(node)
 
@@ -296,12 +332,25 @@ class NodeRegistry:
             raise TypeError(f"{node.TYPE}.OUTPUTS must map names (not {UI_KEY!r}) to upper-case socket types")
         if node.run is Node.run:
             raise TypeError(f"{node.TYPE} does not implement run")
+        if node.COMFY_TYPE is not None and self._comfy.get(node.COMFY_TYPE, node) is not node:
+            raise ValueError(f"ComfyUI class_type {node.COMFY_TYPE!r} is already registered")
         node.input_specs()  # raises on an undeclarable input
         self._nodes[node.TYPE] = node
+        if node.COMFY_TYPE is not None:
+            self._comfy[node.COMFY_TYPE] = node
         return node
 
     def get(self, type_name: str) -> type[Node] | None:
+        """A node by the name native workflow files use."""
         return self._nodes.get(type_name)
+
+    def get_comfy(self, class_type: str) -> type[Node] | None:
+        """A node by the class_type ComfyUI's API and UI formats use."""
+        return self._comfy.get(class_type)
+
+    def comfy_nodes(self) -> list[type[Node]]:
+        """The nodes of ComfyUI's namespace, sorted by class_type."""
+        return [self._comfy[name] for name in sorted(self._comfy)]
 
     def __contains__(self, type_name: str) -> bool:
         return type_name in self._nodes

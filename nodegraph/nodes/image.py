@@ -68,6 +68,7 @@ def image_refs(paths: list[Path], root: Path, kind: str) -> list[dict]:
 
 
 class SaveImage(Node):
+    COMFY_TYPE = None  # ComfyUI's SaveImage takes (images, filename_prefix): see ComfyUI.SaveImage
     CATEGORY = "image"
     DESCRIPTION = ("Save images as PNG files in the output folder, with the workflow embedded "
                    "(run the PNG with `python -m nodegraph run` to make it again).")
@@ -111,6 +112,7 @@ class PreviewImage(Node):
 
 
 class ImageScale(Node):
+    COMFY_TYPE = None  # ComfyUI's ImageScale takes (image, upscale_method, width, height, crop): ComfyUI.ImageScale
     CATEGORY = "image"
     DESCRIPTION = ("Resize images, e.g. to bring an img2img input to the size to generate at. "
                    "crop 'center' keeps the aspect ratio by cutting the overhang; 'disabled' stretches.")

@@ -3,7 +3,7 @@
 import torch
 from pydantic import Field
 
-from nodegraph.nodes import Link, Node, NodeInputs, RunContext
+from nodegraph.nodes import Latent, Link, Node, NodeInputs, RunContext
 
 LATENT_CHANNELS = 4  # SD 1.x
 LATENT_FACTOR = 8  # pixels per latent cell along each side, SD 1.x
@@ -21,10 +21,11 @@ class EmptyLatent(Node):
 
     def run(self, ctx: RunContext, width, height, batch_size):
         shape = (batch_size, LATENT_CHANNELS, height // LATENT_FACTOR, width // LATENT_FACTOR)
-        return {"latent": torch.zeros(shape, dtype=torch.float32)}
+        return {"latent": Latent(torch.zeros(shape, dtype=torch.float32))}
 
 
 class VAEEncode(Node):
+    COMFY_TYPE = None  # ComfyUI's VAEEncode takes (pixels, vae): see ComfyUI.VAEEncode
     CATEGORY = "latent"
     DESCRIPTION = ("Encode images to latents (for img2img). Sides that are not multiples of 8 are cropped, centred, "
                    "to the multiple of 8 below (at most 7 pixels go); resize first with ImageScale to keep everything.")
@@ -36,7 +37,7 @@ class VAEEncode(Node):
 
     def run(self, ctx: RunContext, vae, image):
         image = crop_to_multiple(image, LATENT_FACTOR)
-        return {"latent": vae.vae.encode(image * 2.0 - 1.0).float().cpu()}
+        return {"latent": Latent(vae.vae.encode(image * 2.0 - 1.0).float().cpu())}
 
 
 def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -50,6 +51,7 @@ def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 class VAEDecode(Node):
+    COMFY_TYPE = None  # ComfyUI's VAEDecode takes (samples, vae): see ComfyUI.VAEDecode
     CATEGORY = "latent"
     DESCRIPTION = "Decode latents to images."
     OUTPUTS = {"image": "IMAGE"}
@@ -59,7 +61,7 @@ class VAEDecode(Node):
         latent: Link["LATENT"] = Field(description="the latents to decode")
 
     def run(self, ctx: RunContext, vae, latent):
-        pixels = vae.vae.decode(latent).float().cpu()
+        pixels = vae.vae.decode(latent.samples).float().cpu()
         return {"image": ((pixels + 1.0) / 2.0).clamp(0.0, 1.0)}
 
 

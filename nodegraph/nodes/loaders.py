@@ -62,6 +62,7 @@ class LoadCheckpoint(Node):
 
 
 class LoadImage(Node):
+    COMFY_TYPE = None  # ComfyUI's LoadImage takes (image) and gives IMAGE and MASK: see ComfyUI.LoadImage
     CATEGORY = "image"
     DESCRIPTION = ("Load an image from the input folder as RGB (transparency is dropped; EXIF rotation applied). "
                    "For img2img, VAEEncode crops sides that are not multiples of 8.")

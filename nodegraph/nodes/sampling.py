@@ -8,7 +8,7 @@ from PIL import Image
 from pydantic import Field, ValidationInfo, field_validator
 from typing import Literal
 
-from nodegraph.nodes import Link, Node, NodeInputs, RunContext
+from nodegraph.nodes import Latent, Link, Node, NodeInputs, RunContext
 from nodegraph.sd import sample
 from nodegraph.sd.ddpm import kept_timesteps
 from nodegraph.sd.sampling import SAMPLER_NAMES, SCHEDULER_NAMES, sample_along, sample_ksampler
@@ -41,6 +41,13 @@ def progress_reporter(ctx: RunContext):
     return on_step
 
 
+def latent_options(ctx: RunContext, latent: Latent) -> dict:
+    """What every sampler node passes on: progress, interrupts, and the latent's noise mask and batch indices
+    (ComfyUI keeps both on its output latent too)."""
+    return dict(callback=progress_reporter(ctx), check_interrupt=ctx.check_interrupt,
+                noise_mask=latent.noise_mask, batch_index=latent.batch_index)
+
+
 SamplerName = Literal[SAMPLER_NAMES]
 SchedulerName = Literal[SCHEDULER_NAMES]
 
@@ -56,7 +63,8 @@ class DDPMSample(Node):
         positive: Link["CONDITIONING"] = Field(description="what the image should show")
         negative: Link["CONDITIONING"] = Field(description="what it should not show")
         latent: Link["LATENT"] = Field(description="the starting latent (EmptyLatent, or VAEEncode for img2img)")
-        seed: int = Field(0, ge=0, le=MAX_SEED, description="noise seed: the same seed gives the same image")
+        seed: int = Field(0, ge=0, le=MAX_SEED, description="noise seed: the same seed gives the same image",
+                          json_schema_extra={"control_after_generate": True})
         steps: int = Field(20, ge=1, le=1000, description="sampler steps (for the full schedule)")
         cfg: float = Field(7.5, ge=0.0, le=100.0, description="guidance scale; <= 1 skips the negative prompt")
         denoise: float = Field(1.0, gt=0.0, le=1.0, description="how much to change the input: 1 = all of it")
@@ -69,9 +77,11 @@ class DDPMSample(Node):
             return denoise
 
     def run(self, ctx: RunContext, model, positive, negative, latent, seed, steps, cfg, denoise):
-        result = sample(model, positive, negative, latent, seed=seed, steps=steps, cfg=cfg, denoise=denoise,
+        if latent.noise_mask is not None:
+            raise ValueError("DDPMSample does not inpaint: the latent has a noise mask; use KSampler (any sampler)")
+        result = sample(model, positive, negative, latent.samples, seed=seed, steps=steps, cfg=cfg, denoise=denoise,
                         callback=progress_reporter(ctx))
-        return {"latent": result}
+        return {"latent": latent.replace(samples=result)}
 
 
 class KSampler(Node):
@@ -82,7 +92,8 @@ class KSampler(Node):
 
     class Inputs(NodeInputs):
         model: Link["MODEL"] = Field(description="the model, from a checkpoint loader")
-        seed: int = Field(0, ge=0, le=MAX_SEED, description="noise seed: the same seed gives the same image")
+        seed: int = Field(0, ge=0, le=MAX_SEED, description="noise seed: the same seed gives the same image",
+                          json_schema_extra={"control_after_generate": True})
         steps: int = Field(20, ge=1, le=MAX_STEPS, description="sampler steps")
         cfg: float = Field(8.0, ge=0.0, le=100.0, description="guidance scale; 1 skips the negative prompt")
         sampler_name: SamplerName = Field("euler", description="the step rule (see the README's sampler table)")
@@ -101,10 +112,10 @@ class KSampler(Node):
 
     def run(self, ctx: RunContext, model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
             latent_image, denoise):
-        result = sample_ksampler(model, positive, negative, latent_image, seed=seed, steps=steps, cfg=cfg,
+        result = sample_ksampler(model, positive, negative, latent_image.samples, seed=seed, steps=steps, cfg=cfg,
                                  sampler_name=sampler_name, scheduler=scheduler, denoise=denoise,
-                                 callback=progress_reporter(ctx), check_interrupt=ctx.check_interrupt)
-        return {"LATENT": result.latent}
+                                 **latent_options(ctx, latent_image))
+        return {"LATENT": latent_image.replace(samples=result.latent)}
 
 
 class KSamplerAdvanced(Node):
@@ -118,7 +129,8 @@ class KSamplerAdvanced(Node):
         model: Link["MODEL"] = Field(description="the model, from a checkpoint loader")
         add_noise: Literal["enable", "disable"] = Field(
             "enable", description="disable for a latent that already carries its noise (a run's leftover)")
-        noise_seed: int = Field(0, ge=0, le=MAX_SEED, description="noise seed: the same seed gives the same image")
+        noise_seed: int = Field(0, ge=0, le=MAX_SEED, description="noise seed: the same seed gives the same image",
+                          json_schema_extra={"control_after_generate": True})
         steps: int = Field(20, ge=1, le=MAX_STEPS, description="steps of the whole schedule")
         cfg: float = Field(8.0, ge=0.0, le=100.0, description="guidance scale; 1 skips the negative prompt")
         sampler_name: SamplerName = Field("euler", description="the step rule (see the README's sampler table)")
@@ -144,12 +156,12 @@ class KSamplerAdvanced(Node):
 
     def run(self, ctx: RunContext, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive,
             negative, latent_image, start_at_step, end_at_step, return_with_leftover_noise):
-        result = sample_ksampler(model, positive, negative, latent_image, seed=noise_seed, steps=steps, cfg=cfg,
-                                 sampler_name=sampler_name, scheduler=scheduler, add_noise=add_noise == "enable",
-                                 start_step=start_at_step, end_step=end_at_step,
+        result = sample_ksampler(model, positive, negative, latent_image.samples, seed=noise_seed, steps=steps,
+                                 cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
+                                 add_noise=add_noise == "enable", start_step=start_at_step, end_step=end_at_step,
                                  force_full_denoise=return_with_leftover_noise == "disable",
-                                 callback=progress_reporter(ctx), check_interrupt=ctx.check_interrupt)
-        return {"LATENT": result.latent}
+                                 **latent_options(ctx, latent_image))
+        return {"LATENT": latent_image.replace(samples=result.latent)}
 
 
 class SamplerCustom(Node):
@@ -161,7 +173,8 @@ class SamplerCustom(Node):
     class Inputs(NodeInputs):
         model: Link["MODEL"] = Field(description="the model, from a checkpoint loader")
         add_noise: bool = Field(True, description="noise the latent to the first sigma first")
-        noise_seed: int = Field(0, ge=0, le=MAX_SEED, description="noise seed: the same seed gives the same image")
+        noise_seed: int = Field(0, ge=0, le=MAX_SEED, description="noise seed: the same seed gives the same image",
+                          json_schema_extra={"control_after_generate": True})
         cfg: float = Field(8.0, ge=0.0, le=100.0, description="guidance scale; 1 skips the negative prompt")
         positive: Link["CONDITIONING"] = Field(description="what the image should show")
         negative: Link["CONDITIONING"] = Field(description="what it should not show")
@@ -171,10 +184,10 @@ class SamplerCustom(Node):
 
     def run(self, ctx: RunContext, model, add_noise, noise_seed, cfg, positive, negative, sampler, sigmas,
             latent_image):
-        result = sample_along(model, positive, negative, latent_image, sigmas, sampler=sampler, seed=noise_seed,
-                              cfg=cfg, add_noise=add_noise, callback=progress_reporter(ctx),
-                              check_interrupt=ctx.check_interrupt)
-        return {"output": result.latent, "denoised_output": result.denoised}
+        result = sample_along(model, positive, negative, latent_image.samples, sigmas, sampler=sampler,
+                              seed=noise_seed, cfg=cfg, add_noise=add_noise, **latent_options(ctx, latent_image))
+        return {"output": latent_image.replace(samples=result.latent),
+                "denoised_output": latent_image.replace(samples=result.denoised)}
 
 
 NODES = [DDPMSample, KSampler, KSamplerAdvanced, SamplerCustom]
