@@ -11,7 +11,7 @@ from aiohttp import WSMsgType
 
 from app_client import run, serving
 from engine_fixtures import env, sd_env, txt2img  # noqa: F401 (fixtures)
-from nodegraph import server as server_module
+from nodegraph.server import editor as server_module
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 REPO = Path(__file__).resolve().parents[2]
