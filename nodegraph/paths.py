@@ -63,3 +63,9 @@ def list_files(root: Path, suffixes: tuple[str, ...]) -> list[str]:
         except UnsafePath:
             continue
     return sorted(names)
+
+
+def file_fingerprint(path: Path) -> list:
+    """What tells a changed file from the one already loaded: resolved path, size, modification time."""
+    stat = path.stat()
+    return [str(path), stat.st_size, stat.st_mtime_ns]

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+import nodegraph.nodes.image as image_nodes
 import nodegraph.nodes.loaders as loaders
 from engine_fixtures import CHECKPOINT_NAME, all_files, env, img2img, node, sd_env, txt2img  # noqa: F401
 from nodegraph.executor import Executor, Interrupted, NodeFailed
@@ -236,8 +237,8 @@ def test_load_image_drops_transparency_and_applies_exif_rotation(env):
     image.convert("RGB").save(env.input_dir / "rotated.jpg", exif=exif)
     image.save(env.input_dir / "clear.png")
     ctx = RunContext(env, "load", {})
-    assert loaders.LoadImage().run(ctx, name="rotated.jpg")["image"].shape == (1, 3, 6, 4)
-    assert loaders.LoadImage().run(ctx, name="clear.png")["image"].shape == (1, 3, 4, 6)
+    assert image_nodes.LoadImage().run(ctx, name="rotated.jpg")["image"].shape == (1, 3, 6, 4)
+    assert image_nodes.LoadImage().run(ctx, name="clear.png")["image"].shape == (1, 3, 4, 6)
 
 
 def test_latent_preview_is_one_rgb_pixel_per_latent_cell():

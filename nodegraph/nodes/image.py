@@ -1,21 +1,27 @@
-"""Images in and out of the graph: saving (with the workflow embedded), previews, resizing."""
+"""Images in and out of the graph: loading from the input folder, saving (with the workflow embedded), previews,
+resizing."""
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageOps, PngImagePlugin
 from pydantic import Field, ValidationInfo, field_validator
 
-from nodegraph.nodes import Link, Node, NodeInputs, RunContext
-from nodegraph.paths import check_relative_name, confine
+from nodegraph.nodes import Choices, Environment, Link, Node, NodeInputs, RunContext
+from nodegraph.paths import check_relative_name, confine, file_fingerprint, list_files
 from nodegraph.workflow import PNG_WORKFLOW_KEY
 
 SAVE_COMPRESS_LEVEL = 4  # fixed, so the same image gives the same bytes
 PREVIEW_COMPRESS_LEVEL = 1  # previews are thrown away: favour speed
 FIRST_NAME_SUFFIX = "_00001_.png"  # files are named <prefix>_NNNNN_.png, as ComfyUI names them
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def input_image_names(env: Environment) -> list[str]:
+    return list_files(env.input_dir, IMAGE_SUFFIXES)
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -65,6 +71,26 @@ def image_refs(paths: list[Path], root: Path, kind: str) -> list[dict]:
         subfolder = path.parent.relative_to(root).as_posix()
         refs.append({"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": kind})
     return refs
+
+
+class LoadImage(Node):
+    COMFY_TYPE = None  # ComfyUI's LoadImage takes (image) and gives IMAGE and MASK: see ComfyUI.LoadImage
+    CATEGORY = "image"
+    DESCRIPTION = ("Load an image from the input folder as RGB (transparency is dropped; EXIF rotation applied). "
+                   "For img2img, VAEEncode crops sides that are not multiples of 8.")
+    OUTPUTS = {"image": "IMAGE"}
+
+    class Inputs(NodeInputs):
+        name: Annotated[str, Choices(input_image_names, lambda env: env.input_dir)] = Field(
+            description="image file name in the input folder")
+
+    @classmethod
+    def fingerprint(cls, env, constants):
+        return file_fingerprint(confine(env.input_dir, constants["name"]))
+
+    def run(self, ctx: RunContext, name):
+        with Image.open(confine(ctx.env.input_dir, name)) as image:
+            return {"image": to_tensor(ImageOps.exif_transpose(image))}
 
 
 class SaveImage(Node):
@@ -146,4 +172,4 @@ def crop_to_aspect(image: torch.Tensor, aspect: float) -> torch.Tensor:
     return image[..., top : top + new_height, :]
 
 
-NODES = [SaveImage, PreviewImage, ImageScale]
+NODES = [LoadImage, SaveImage, PreviewImage, ImageScale]
