@@ -267,6 +267,7 @@ class Node:
     TYPE: ClassVar[str]  # the name native workflow files use; defaults to the class name
     COMFY_TYPE: ClassVar[str | None]  # the class_type ComfyUI's formats use; defaults to TYPE; None: not there
     DISPLAY_NAME: ClassVar[str] = ""  # ComfyUI's display_name (its menus' title); defaults to TYPE
+    NATIVE: ClassVar[bool] = False  # one of our own nodes (LoadCheckpoint, CLIPEncode, ...), not one of ComfyUI's
     CATEGORY: ClassVar[str] = ""
     DESCRIPTION: ClassVar[str] = ""
     Inputs: ClassVar[type[NodeInputs]] = NodeInputs
