@@ -53,6 +53,7 @@ SchedulerName = Literal[SCHEDULER_NAMES]
 
 
 class DDPMSample(Node):
+    NATIVE = True
     CATEGORY = "sampling"
     DESCRIPTION = ("Denoise a latent with DDPM and classifier-free guidance. denoise 1 starts from pure noise "
                    "(the input latent gives only the size); lower values keep more of the input (img2img).")
@@ -119,6 +120,7 @@ class KSampler(Node):
 
 
 class KSamplerAdvanced(Node):
+    DISPLAY_NAME = "KSampler (Advanced)"
     CATEGORY = "sampling"
     DESCRIPTION = ("KSampler over a range of its steps: run steps start_at_step..end_at_step of the schedule, with "
                    "or without adding noise first and with or without denoising what is left (for splitting one "
