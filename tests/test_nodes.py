@@ -12,8 +12,8 @@ import nodegraph.nodes.loaders as loaders
 from engine_fixtures import CHECKPOINT_NAME, all_files, env, img2img, node, sd_env, txt2img  # noqa: F401
 from nodegraph.executor import Executor, Interrupted, NodeFailed
 from nodegraph.nodes import Environment, RunContext, builtin_registry
-from nodegraph.nodes.image import ImageScale, to_pil, to_tensor
-from nodegraph.nodes.latent import VAEEncode, crop_to_multiple
+from nodegraph.nodes.image_ops import ImageScale
+from nodegraph.nodes.pixels import to_pil, to_tensor
 from nodegraph.nodes.sampling import latent_preview
 
 
@@ -38,9 +38,11 @@ def save_input_image(env: Environment, name: str, size: tuple[int, int], color) 
     image.save(env.input_dir / name)
 
 
-def test_every_builtin_node_is_registered_with_its_sockets():
+def test_our_own_nodes_keep_their_names_inputs_and_outputs_in_native_files():
     described = builtin_registry().describe(Environment())
-    assert {name: (list(info["inputs"]), info["outputs"]) for name, info in described.items()} == {
+    ours = {name: (list(info["inputs"]), info["outputs"]) for name, info in described.items()
+            if builtin_registry().get(name).NATIVE}
+    assert ours == {
         "LoadCheckpoint": (["name"], {"model": "MODEL", "clip": "CLIP", "vae": "VAE"}),
         "CLIPEncode": (["clip", "text"], {"conditioning": "CONDITIONING"}),
         "EmptyLatent": (["width", "height", "batch_size"], {"latent": "LATENT"}),
@@ -50,24 +52,72 @@ def test_every_builtin_node_is_registered_with_its_sockets():
         "VAEDecode": (["vae", "latent"], {"image": "IMAGE"}),
         "LoadImage": (["name"], {"image": "IMAGE"}),
         "SaveImage": (["images", "prefix"], {}),
-        "PreviewImage": (["images"], {}),
         "ImageScale": (["image", "width", "height", "method", "crop"], {"image": "IMAGE"}),
-        # ComfyUI's names, inputs in ComfyUI's order, and ComfyUI's output names
-        "KSampler": (["model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
-                      "latent_image", "denoise"], {"LATENT": "LATENT"}),
-        "KSamplerAdvanced": (["model", "add_noise", "noise_seed", "steps", "cfg", "sampler_name", "scheduler",
-                              "positive", "negative", "latent_image", "start_at_step", "end_at_step",
-                              "return_with_leftover_noise"], {"LATENT": "LATENT"}),
-        "SamplerCustom": (["model", "add_noise", "noise_seed", "cfg", "positive", "negative", "sampler", "sigmas",
-                           "latent_image"], {"output": "LATENT", "denoised_output": "LATENT"}),
-        "KSamplerSelect": (["sampler_name"], {"SAMPLER": "SAMPLER"}),
-        "BasicScheduler": (["model", "scheduler", "steps", "denoise"], {"SIGMAS": "SIGMAS"}),
-        "KarrasScheduler": (["steps", "sigma_max", "sigma_min", "rho"], {"SIGMAS": "SIGMAS"}),
-        "ExponentialScheduler": (["steps", "sigma_max", "sigma_min"], {"SIGMAS": "SIGMAS"}),
-        "SDTurboScheduler": (["model", "steps", "denoise"], {"SIGMAS": "SIGMAS"}),
-        "SplitSigmas": (["sigmas", "step"], {"high_sigmas": "SIGMAS", "low_sigmas": "SIGMAS"}),
     }
     json.dumps(described)
+
+
+# ComfyUI's core nodes as its nodes.py declares them: class_type -> (inputs in order, output names = types)
+COMFYUI_CORE_NODES = {
+    "CheckpointLoaderSimple": (["ckpt_name"], ["MODEL", "CLIP", "VAE"]),
+    "VAELoader": (["vae_name"], ["VAE"]),
+    "CLIPTextEncode": (["text", "clip"], ["CONDITIONING"]),
+    "ConditioningCombine": (["conditioning_1", "conditioning_2"], ["CONDITIONING"]),
+    "ConditioningConcat": (["conditioning_to", "conditioning_from"], ["CONDITIONING"]),
+    "ConditioningAverage": (["conditioning_to", "conditioning_from", "conditioning_to_strength"], ["CONDITIONING"]),
+    "ConditioningSetArea": (["conditioning", "width", "height", "x", "y", "strength"], ["CONDITIONING"]),
+    "ConditioningSetMask": (["conditioning", "mask", "strength", "set_cond_area"], ["CONDITIONING"]),
+    "ConditioningZeroOut": (["conditioning"], ["CONDITIONING"]),
+    "EmptyLatentImage": (["width", "height", "batch_size"], ["LATENT"]),
+    "LatentUpscale": (["samples", "upscale_method", "width", "height", "crop"], ["LATENT"]),
+    "LatentUpscaleBy": (["samples", "upscale_method", "scale_by"], ["LATENT"]),
+    "LatentFromBatch": (["samples", "batch_index", "length"], ["LATENT"]),
+    "RepeatLatentBatch": (["samples", "amount"], ["LATENT"]),
+    "LatentComposite": (["samples_to", "samples_from", "x", "y", "feather"], ["LATENT"]),
+    "SetLatentNoiseMask": (["samples", "mask"], ["LATENT"]),
+    "VAEDecode": (["samples", "vae"], ["IMAGE"]),
+    "VAEEncode": (["pixels", "vae"], ["LATENT"]),
+    "VAEEncodeForInpaint": (["pixels", "vae", "mask", "grow_mask_by"], ["LATENT"]),
+    "VAEDecodeTiled": (["samples", "vae", "tile_size", "overlap", "temporal_size", "temporal_overlap"], ["IMAGE"]),
+    "VAEEncodeTiled": (["pixels", "vae", "tile_size", "overlap", "temporal_size", "temporal_overlap"], ["LATENT"]),
+    "LoadImage": (["image"], ["IMAGE", "MASK"]),
+    "LoadImageMask": (["image", "channel"], ["MASK"]),
+    "ImageScale": (["image", "upscale_method", "width", "height", "crop"], ["IMAGE"]),
+    "ImageScaleBy": (["image", "upscale_method", "scale_by"], ["IMAGE"]),
+    "ImageScaleToTotalPixels": (["image", "upscale_method", "megapixels"], ["IMAGE"]),
+    "ImagePadForOutpaint": (["image", "left", "top", "right", "bottom", "feathering"], ["IMAGE", "MASK"]),
+    "ImageInvert": (["image"], ["IMAGE"]),
+    "ImageBatch": (["image1", "image2"], ["IMAGE"]),
+    "ImageCrop": (["image", "width", "height", "x", "y"], ["IMAGE"]),
+    "SaveImage": (["images", "filename_prefix"], []),
+    "PreviewImage": (["images"], []),
+    "SaveLatent": (["samples", "filename_prefix"], []),
+    "LoadLatent": (["latent"], ["LATENT"]),
+    "KSampler": (["model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
+                  "latent_image", "denoise"], ["LATENT"]),
+    "KSamplerAdvanced": (["model", "add_noise", "noise_seed", "steps", "cfg", "sampler_name", "scheduler",
+                          "positive", "negative", "latent_image", "start_at_step", "end_at_step",
+                          "return_with_leftover_noise"], ["LATENT"]),
+}
+
+
+def test_comfyuis_core_nodes_have_its_class_names_input_order_and_outputs():
+    registry = builtin_registry()
+    found = {}
+    for class_type in COMFYUI_CORE_NODES:
+        node = registry.get_comfy(class_type)
+        found[class_type] = None if node is None else (list(node.input_specs()), list(node.OUTPUTS))
+    assert found == COMFYUI_CORE_NODES
+    outputs = {name: registry.get_comfy(name).OUTPUT_NODE for name in ("SaveImage", "PreviewImage", "SaveLatent")}
+    assert outputs == {"SaveImage": True, "PreviewImage": True, "SaveLatent": True}
+
+
+def test_a_comfyui_name_that_is_also_ours_is_a_second_declaration_of_the_same_job():
+    registry = builtin_registry()
+    for name in ("VAEDecode", "VAEEncode", "SaveImage", "LoadImage", "ImageScale"):
+        ours, theirs = registry.get(name), registry.get_comfy(name)
+        assert ours.NATIVE and ours.COMFY_TYPE is None, name
+        assert theirs.TYPE == f"ComfyUI.{name}" and registry.get(theirs.TYPE) is theirs, name
 
 
 def test_node_listing_offers_the_checkpoints_in_the_models_folder(sd_env):
@@ -192,18 +242,6 @@ def test_img2img_crops_sides_that_are_not_multiples_of_8_centred(sd_env):
     result = Executor(sd_env).run(img2img(image="odd.png", denoise=0.5, steps=2))
     with Image.open(sd_env.output_dir / result.outputs["save"]["images"][0]["filename"]) as image:
         assert image.size == (64, 56)
-
-
-def test_crop_to_multiple_keeps_the_centre():
-    image = torch.arange(13 * 11, dtype=torch.float32).view(1, 1, 13, 11)
-    cropped = crop_to_multiple(image, 8)
-    assert cropped.shape == (1, 1, 8, 8)
-    assert torch.equal(cropped, image[..., 2:10, 1:9])
-
-
-def test_vae_encode_refuses_images_smaller_than_a_latent_cell():
-    with pytest.raises(ValueError, match="at least 8"):
-        VAEEncode().run(None, vae=None, image=torch.zeros(1, 3, 7, 64))
 
 
 def test_image_scale_stretches_or_crops_to_keep_the_aspect_ratio():

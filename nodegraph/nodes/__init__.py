@@ -48,8 +48,11 @@ from typing import Annotated, Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from nodegraph.extra_model_paths import ExtraModelFolder
+
 SOCKET_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "SAMPLER", "SIGMAS")
-BUILTIN_MODULES = ("loaders", "conditioning", "latent", "sampling", "sigmas", "image")
+BUILTIN_MODULES = ("loaders", "conditioning", "latent", "vae", "latent_files", "sampling", "sigmas", "image",
+                   "image_ops", "mask")
 UI_KEY = "ui"
 
 
@@ -79,9 +82,14 @@ class Environment:
     temp_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "nodegraph")
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | fp32 | bf16 | fp16 (see nodegraph/device.py for what auto picks)
+    # More model folders, from ComfyUI extra_model_paths.yaml files (--extra-model-paths), in the files' order;
+    # nodegraph.model_folders.model_roots puts them after (is_default: before) the models folder's own.
+    extra_model_paths: tuple[ExtraModelFolder, ...] = ()
+    allow_pickled_models: bool = False  # also offer .ckpt/.pt/.bin/.pth models, read with torch's weights_only
 
     @property
     def checkpoints_dir(self) -> Path:
+        """The models folder's own checkpoints folder (model_folders.model_roots(env, "checkpoints") has them all)."""
         return Path(self.models_dir) / "checkpoints"
 
 
@@ -164,6 +172,7 @@ class InputSpec:
     control_after_generate: bool = False  # a seed: ComfyUI's UI files keep a "randomize"/"fixed" value after it
     image_upload: bool = False  # LoadImage's file: ComfyUI's UI files keep an "image" upload value after it
     optional: bool = False  # listed under ComfyUI's input.optional instead of input.required
+    step: float | None = None  # the editor's increment where it is only a hint (multiple_of is enforced)
 
     def allowed_choices(self, env: Environment) -> list | None:
         if self.choices_from is not None:
@@ -247,6 +256,7 @@ def _input_spec(name: str, field_info) -> InputSpec:
         control_after_generate=bool(extra.get("control_after_generate")),
         image_upload=bool(extra.get("image_upload")),
         optional=bool(extra.get("optional")),
+        step=extra.get("step"),
         **bounds,
         **common,
     )

@@ -1,11 +1,25 @@
-"""Turning prompts into conditioning."""
+"""Conditioning nodes: prompts to CONDITIONING, and ComfyUI's nodes that combine, blend, place and mask it.
+
+CONDITIONING is a tuple of `nodegraph.sd.conditioning.Cond`. ComfyUI's nodes keep ComfyUI's class names, inputs
+(names, order, defaults, bounds) and outputs; what each does lives in nodegraph/sd/conditioning.py. The sampler
+honours every Cond's area, mask and strength (nodegraph/sd/sampling/regions.py).
+"""
+
+from typing import Literal
 
 from pydantic import Field
 
 from nodegraph.nodes import Link, Node, NodeInputs, RunContext
+from nodegraph.sd import conditioning as cond
+
+MAX_RESOLUTION = 16384  # ComfyUI's bound on sizes in pixels
+# ComfyUI's widgets step pixel sizes by 8 (one latent cell); its validation does not enforce it (values floor to
+# cells), so this is a hint for editors, not a multiple_of bound
+PIXEL_STEP = {"step": 8}
 
 
 class CLIPEncode(Node):
+    NATIVE = True
     CATEGORY = "conditioning"
     DESCRIPTION = "Encode a prompt with the checkpoint's CLIP text encoder (77 tokens; longer prompts are cut)."
     OUTPUTS = {"conditioning": "CONDITIONING"}
@@ -15,7 +29,140 @@ class CLIPEncode(Node):
         text: str = Field("", description="the prompt", json_schema_extra={"multiline": True})
 
     def run(self, ctx: RunContext, clip, text):
-        return {"conditioning": clip.encode_prompt([text])}
+        return {"conditioning": cond.encode_text(clip, text)}
 
 
-NODES = [CLIPEncode]
+class CLIPTextEncode(Node):
+    DISPLAY_NAME = "CLIP Text Encode (Prompt)"
+    CATEGORY = "conditioning"
+    DESCRIPTION = "ComfyUI's prompt encoder: a prompt as conditioning over the whole picture (as CLIPEncode)."
+    OUTPUTS = {"CONDITIONING": "CONDITIONING"}
+
+    class Inputs(NodeInputs):
+        text: str = Field(description="the prompt", json_schema_extra={"multiline": True})
+        clip: Link["CLIP"] = Field(description="the text encoder, from a checkpoint loader")
+
+    def run(self, ctx: RunContext, text, clip):
+        return {"CONDITIONING": cond.encode_text(clip, text)}
+
+
+class ConditioningCombine(Node):
+    DISPLAY_NAME = "Conditioning (Combine)"
+    CATEGORY = "conditioning"
+    DESCRIPTION = ("Both conditionings at once: the sampler averages their predictions, each over its own area "
+                   "and with its own strength.")
+    OUTPUTS = {"CONDITIONING": "CONDITIONING"}
+
+    class Inputs(NodeInputs):
+        conditioning_1: Link["CONDITIONING"] = Field(description="the first conditioning")
+        conditioning_2: Link["CONDITIONING"] = Field(description="the second conditioning")
+
+    def run(self, ctx: RunContext, conditioning_1, conditioning_2):
+        return {"CONDITIONING": cond.combine(conditioning_1, conditioning_2)}
+
+
+class ConditioningAverage(Node):
+    # ComfyUI's display-name table spells this key with a trailing space, so its display name is the class name
+    DISPLAY_NAME = "ConditioningAverage"
+    CATEGORY = "conditioning"
+    DESCRIPTION = ("Blend two prompts' encodings: conditioning_to * strength + conditioning_from * (1 - strength). "
+                   "Only the first cond of conditioning_from is used.")
+    OUTPUTS = {"CONDITIONING": "CONDITIONING"}
+
+    class Inputs(NodeInputs):
+        conditioning_to: Link["CONDITIONING"] = Field(description="the conditioning to blend into (keeps its area)")
+        conditioning_from: Link["CONDITIONING"] = Field(description="the conditioning blended in (its first cond)")
+        conditioning_to_strength: float = Field(1.0, ge=0.0, le=1.0, description="the share of conditioning_to")
+
+    def run(self, ctx: RunContext, conditioning_to, conditioning_from, conditioning_to_strength):
+        return {"CONDITIONING": cond.average(conditioning_to, conditioning_from, conditioning_to_strength)}
+
+
+class ConditioningConcat(Node):
+    DISPLAY_NAME = "Conditioning (Concat)"
+    CATEGORY = "conditioning"
+    DESCRIPTION = ("Append the first cond of conditioning_from to each cond of conditioning_to along the tokens: "
+                   "the model attends to both prompts at once.")
+    OUTPUTS = {"CONDITIONING": "CONDITIONING"}
+
+    class Inputs(NodeInputs):
+        conditioning_to: Link["CONDITIONING"] = Field(description="the conditioning to extend (keeps its area)")
+        conditioning_from: Link["CONDITIONING"] = Field(description="the conditioning appended (its first cond)")
+
+    def run(self, ctx: RunContext, conditioning_to, conditioning_from):
+        return {"CONDITIONING": cond.concat(conditioning_to, conditioning_from)}
+
+
+class ConditioningSetArea(Node):
+    DISPLAY_NAME = "Conditioning (Set Area)"
+    CATEGORY = "conditioning"
+    DESCRIPTION = ("Limit the conditioning to a rectangle of the picture (in pixels, counted in latent cells of 8), "
+                   "weighted by strength against the other conditionings there; its edges fade into the rest.")
+    OUTPUTS = {"CONDITIONING": "CONDITIONING"}
+
+    class Inputs(NodeInputs):
+        conditioning: Link["CONDITIONING"] = Field(description="the conditioning to place")
+        width: int = Field(64, ge=64, le=MAX_RESOLUTION, description="the area's width in pixels",
+                            json_schema_extra=PIXEL_STEP)
+        height: int = Field(64, ge=64, le=MAX_RESOLUTION, description="the area's height in pixels",
+                             json_schema_extra=PIXEL_STEP)
+        x: int = Field(0, ge=0, le=MAX_RESOLUTION, description="the area's left edge in pixels",
+                        json_schema_extra=PIXEL_STEP)
+        y: int = Field(0, ge=0, le=MAX_RESOLUTION, description="the area's top edge in pixels",
+                        json_schema_extra=PIXEL_STEP)
+        strength: float = Field(1.0, ge=0.0, le=10.0, description="its weight against the other conditionings")
+
+    def run(self, ctx: RunContext, conditioning, width, height, x, y, strength):
+        return {"CONDITIONING": cond.set_area_in_pixels(conditioning, width, height, x, y, strength)}
+
+
+class ConditioningSetAreaPercentage(Node):
+    DISPLAY_NAME = "Conditioning (Set Area with Percentage)"
+    CATEGORY = "conditioning"
+    DESCRIPTION = "ConditioningSetArea with the rectangle given as fractions of the picture's width and height."
+    OUTPUTS = {"CONDITIONING": "CONDITIONING"}
+
+    class Inputs(NodeInputs):
+        conditioning: Link["CONDITIONING"] = Field(description="the conditioning to place")
+        width: float = Field(1.0, ge=0.0, le=1.0, description="the area's width, as a fraction of the picture's")
+        height: float = Field(1.0, ge=0.0, le=1.0, description="the area's height, as a fraction of the picture's")
+        x: float = Field(0.0, ge=0.0, le=1.0, description="the area's left edge, as a fraction of the width")
+        y: float = Field(0.0, ge=0.0, le=1.0, description="the area's top edge, as a fraction of the height")
+        strength: float = Field(1.0, ge=0.0, le=10.0, description="its weight against the other conditionings")
+
+    def run(self, ctx: RunContext, conditioning, width, height, x, y, strength):
+        return {"CONDITIONING": cond.set_area(conditioning, cond.AreaFraction(height, width, y, x), strength)}
+
+
+class ConditioningSetMask(Node):
+    DISPLAY_NAME = "Conditioning (Set Mask)"
+    CATEGORY = "conditioning"
+    DESCRIPTION = ("Limit the conditioning to a mask's region (weighted by the mask times strength). \"mask bounds\" "
+                   "shows the model only the mask's bounding box, as an area prompt.")
+    OUTPUTS = {"CONDITIONING": "CONDITIONING"}
+
+    class Inputs(NodeInputs):
+        conditioning: Link["CONDITIONING"] = Field(description="the conditioning to mask")
+        mask: Link["MASK"] = Field(description="where it acts (1) and where not (0), any resolution")
+        strength: float = Field(1.0, ge=0.0, le=10.0, description="its weight against the other conditionings")
+        set_cond_area: Literal["default", "mask bounds"] = Field(
+            "default", description="default: the model sees the whole picture; mask bounds: only the mask's box")
+
+    def run(self, ctx: RunContext, conditioning, mask, strength, set_cond_area):
+        return {"CONDITIONING": cond.set_mask(conditioning, mask, strength, set_cond_area == "mask bounds")}
+
+
+class ConditioningZeroOut(Node):
+    CATEGORY = "advanced/conditioning"
+    DESCRIPTION = "The same conditioning with every encoding (and pooled output) set to zero, areas kept."
+    OUTPUTS = {"CONDITIONING": "CONDITIONING"}
+
+    class Inputs(NodeInputs):
+        conditioning: Link["CONDITIONING"] = Field(description="the conditioning to zero")
+
+    def run(self, ctx: RunContext, conditioning):
+        return {"CONDITIONING": cond.zero_out(conditioning)}
+
+
+NODES = [CLIPEncode, CLIPTextEncode, ConditioningCombine, ConditioningAverage, ConditioningConcat, ConditioningSetArea,
+         ConditioningSetAreaPercentage, ConditioningSetMask, ConditioningZeroOut]

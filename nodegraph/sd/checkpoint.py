@@ -6,6 +6,7 @@ checkpoint's key paths. Memory stays lean: each tensor is read from the file str
 (tensorfile.py), so the peak is the loaded weights plus one chunk.
 """
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,10 +119,12 @@ def split_parts(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, dict[
 
 
 def build_part(file: TensorFile, name: str, keys: dict[str, str | None], device: torch.device, dtype: torch.dtype,
-               pack_weights: bool = False):
-    """Build one part on the meta device and assign the file's tensors into it: one strict load, nothing converted twice."""
+               pack_weights: bool = False, prefix: str | None = None):
+    """Build one part on the meta device and assign the file's tensors into it: one strict load, nothing converted twice.
+    `prefix`: how the file's keys start, for messages (default: the part's prefix in a checkpoint)."""
     path = file.path
-    _, module_class, config_class = PARTS[name]
+    default_prefix, module_class, config_class = PARTS[name]
+    prefix = default_prefix if prefix is None else prefix
     shapes = {key: file.shapes[file_key] for key, file_key in keys.items() if file_key is not None}
     try:
         config = config_class.from_state_dict(shapes)
@@ -132,8 +135,8 @@ def build_part(file: TensorFile, name: str, keys: dict[str, str | None], device:
     expected = module.state_dict()
     missing, unexpected = sorted(set(expected) - set(keys)), sorted(set(keys) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(path, describe_mismatch(PARTS[name][0], missing, unexpected))
-    wrong = [f"{PARTS[name][0]}{key} {tuple(shape.shape)} (expected {tuple(expected[key].shape)})"
+        raise CheckpointError(path, describe_mismatch(prefix, missing, unexpected))
+    wrong = [f"{prefix}{key} {tuple(shape.shape)} (expected {tuple(expected[key].shape)})"
              for key, shape in shapes.items() if shape.shape != expected[key].shape]
     if wrong:
         raise CheckpointError(path, f"{len(wrong)} {name} tensor(s) do not fit the inferred architecture: {', '.join(wrong[:10])}")
@@ -193,3 +196,98 @@ def load_checkpoint(
         device=device,
         dtype=dtype,
     )
+
+
+# --- a VAE in a file of its own (models/vae/*.safetensors) --------------------------------------------------------
+
+# Tensors of training only (the discriminator and LPIPS of "loss.", EMA bookkeeping) that some VAE files carry.
+VAE_TRAINING_PREFIXES = ("loss.", "model_ema.")
+# diffusers' AutoencoderKL names -> the LDM names our modules have, applied in order (decoder.up_blocks, whose
+# index runs the other way, is renamed first in diffusers_vae_key).
+DIFFUSERS_VAE_NAMES = [
+    (r"\.mid_block\.resnets\.0\.", ".mid.block_1."),
+    (r"\.mid_block\.resnets\.1\.", ".mid.block_2."),
+    (r"\.mid_block\.attentions\.0\.", ".mid.attn_1."),
+    (r"^encoder\.down_blocks\.", "encoder.down."),
+    (r"\.resnets\.(\d+)\.", r".block.\1."),
+    (r"\.downsamplers\.0\.", ".downsample."),
+    (r"\.upsamplers\.0\.", ".upsample."),
+    (r"\.conv_shortcut\.", ".nin_shortcut."),
+    (r"\.conv_norm_out\.", ".norm_out."),
+    (r"\.attn_1\.group_norm\.", ".attn_1.norm."),
+    (r"\.attn_1\.(to_q|query)\.", ".attn_1.q."),
+    (r"\.attn_1\.(to_k|key)\.", ".attn_1.k."),
+    (r"\.attn_1\.(to_v|value)\.", ".attn_1.v."),
+    (r"\.attn_1\.(to_out\.0|proj_attn)\.", ".attn_1.proj_out."),
+]
+ATTENTION_PROJECTION = re.compile(r"\.attn_1\.(q|k|v|proj_out)\.weight$")  # linear in diffusers, 1x1 conv in LDM
+
+
+@dataclass
+class StandaloneVAE:
+    """A VAE loaded from its own file. VAE sockets carry it like a checkpoint: consumers use `.vae` (encode,
+    decode), as they use a loaded checkpoint's."""
+
+    vae: VAE
+    device: torch.device
+    dtype: torch.dtype
+    latent_scale: float = LATENT_SCALE
+
+
+class RenamedTensors:
+    """A TensorFile seen under our key names, diffusers' linear attention weights as 1x1 convolutions."""
+
+    def __init__(self, file: TensorFile, names: dict[str, str]):  # our key -> the file's key
+        self.path, self._file, self._names = file.path, file, names
+        self.shapes = {ours: self._our_shape(ours, file.shapes[theirs]) for ours, theirs in names.items()}
+
+    @staticmethod
+    def _our_shape(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor[:, :, None, None] if tensor.ndim == 2 and ATTENTION_PROJECTION.search(key) else tensor
+
+    def read(self, key: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        tensor = self._file.read(self._names[key], device, dtype)
+        if tensor.shape != self.shapes[key].shape:
+            tensor = tensor.reshape(self.shapes[key].shape).contiguous(memory_format=CONV_LAYOUT)
+        return tensor
+
+
+def diffusers_vae_key(key: str, levels: int) -> str:
+    key = re.sub(r"^decoder\.up_blocks\.(\d+)\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.", key)
+    for pattern, replacement in DIFFUSERS_VAE_NAMES:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def vae_keys(file: TensorFile) -> tuple[TensorFile | RenamedTensors, dict[str, str], str]:
+    """(tensors, our key -> their key, the keys' prefix for messages) of a VAE file in any layout we read: LDM's
+    (encoder./decoder./quant_conv./post_quant_conv.), a checkpoint's first_stage_model. part, or diffusers'."""
+    keys = [key for key in file.shapes if not key.startswith(VAE_TRAINING_PREFIXES)]
+    in_checkpoint = PARTS["vae"][0]
+    if any(key.startswith(in_checkpoint) for key in keys):
+        return file, {key[len(in_checkpoint):]: key for key in keys if key.startswith(in_checkpoint)}, in_checkpoint
+    if not any(key.startswith(("encoder.", "decoder.")) for key in keys):
+        raise CheckpointError(file.path, f"not a VAE file: it has no encoder.* or decoder.* keys ({len(keys)} "
+                                         f"tensors, e.g. {', '.join(keys[:3]) or 'none'})")
+    up_blocks = {int(key.split(".")[2]) for key in keys if key.startswith("decoder.up_blocks.")}
+    if up_blocks:
+        names = {diffusers_vae_key(key, max(up_blocks) + 1): key for key in keys}
+        return RenamedTensors(file, names), {key: key for key in names}, "(diffusers' names as ours) "
+    return file, {key: key for key in keys}, ""
+
+
+def load_vae(
+    path: str | Path,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    allow_pickle: bool = False,
+    pack_weights: bool = True,
+) -> StandaloneVAE:
+    """Load a standalone SD VAE file (vae-ft-mse-840000-ema-pruned.safetensors and the like), strictly: every key
+    must be a VAE weight of the inferred architecture. device/dtype as load_checkpoint; never fp16 (it overflows)."""
+    path = Path(path)
+    device = pick_device(device)
+    dtype = pick_vae_dtype(device, pick_dtype(device, dtype))
+    tensors, keys, prefix = vae_keys(TensorFile(path, allow_pickle))
+    vae = build_part(tensors, "vae", keys, device, dtype, pack_weights, prefix=prefix)
+    return StandaloneVAE(vae=vae, device=device, dtype=dtype)

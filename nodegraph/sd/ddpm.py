@@ -5,6 +5,10 @@ from collections.abc import Callable
 
 import torch
 
+from .conditioning import Conditioning, as_conditioning
+from .sampling.guidance import combine_regions, common_token_length, is_plain
+from .sampling.regions import RegionPlan
+
 TRAIN_STEPS = 1000
 
 
@@ -51,7 +55,8 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: int, alphas_cumprod: tor
     return a_t.sqrt() * x0 + (1.0 - a_t).sqrt() * noise
 
 
-def guided_eps(unet, x: torch.Tensor, t: int, positive: torch.Tensor, negative: torch.Tensor, cfg: float) -> torch.Tensor:
+def guided_eps(unet, x: torch.Tensor, t: int, positive: torch.Tensor, negative: torch.Tensor,
+               cfg: float) -> torch.Tensor:
     """Classifier-free guidance: one UNet call on [negative, positive]; cfg <= 1 skips the negative entirely."""
     batch = x.shape[0]
     positive = positive.expand(batch, -1, -1) if positive.shape[0] == 1 else positive
@@ -62,14 +67,40 @@ def guided_eps(unet, x: torch.Tensor, t: int, positive: torch.Tensor, negative: 
     return eps_negative + cfg * (eps_positive - eps_negative)
 
 
+def whole_latent_only(conditioning, what: str) -> Conditioning:
+    """CONDITIONING for DDPM sampling: conds over the whole latent only (areas and masks are KSampler's)."""
+    conds = as_conditioning(conditioning, what)
+    if not all(c.is_everywhere for c in conds):
+        raise ValueError(f"DDPM sampling takes {what} conditioning over the whole latent, but it has an area or a "
+                         "mask (ConditioningSetArea / ConditioningSetMask): sample it with KSampler instead")
+    return conds
+
+
+def guidance(unet, positive: Conditioning, negative: Conditioning, cfg: float, shape, device) -> Callable:
+    """(x, t) -> the guided noise prediction. One cond per side takes guided_eps; several (ConditioningCombine)
+    average their predictions weighted by strength, as KSampler does, then guide."""
+    if is_plain(positive) and is_plain(negative):
+        contexts = positive[0].context.to(device), negative[0].context.to(device)
+        if cfg > 1.0 and contexts[0].shape[1] != contexts[1].shape[1]:
+            contexts = common_token_length(*contexts)
+        return lambda x, t: guided_eps(unet, x, t, *contexts, cfg)
+    plan = RegionPlan.build((positive, negative), shape, device, evaluated=(True, cfg > 1.0))
+
+    def guided(x: torch.Tensor, t: int) -> torch.Tensor:
+        eps_positive, eps_negative = combine_regions(plan, x, lambda crops, context, _: unet(crops, t, context).float())
+        return eps_positive if cfg <= 1.0 else eps_negative + cfg * (eps_positive - eps_negative)
+
+    return guided
+
+
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
 @torch.no_grad()
 def sample(
     sd,
-    positive: torch.Tensor,
-    negative: torch.Tensor,
+    positive,
+    negative,
     latent: torch.Tensor,
     seed: int,
     steps: int = 20,
@@ -79,12 +110,15 @@ def sample(
 ) -> torch.Tensor:
     """Sample a raw (unscaled) VAE latent with DDPM and classifier-free guidance.
 
-    `latent` gives the shape and, for denoise < 1, the starting picture: it is noised to the first kept timestep.
+    `positive` and `negative` are CONDITIONING over the whole latent (or context tensors [B, T, C]). `latent` gives
+    the shape and, for denoise < 1, the starting picture: it is noised to the first kept timestep.
     Every random number comes from a CPU generator seeded with `seed`, in diffusers' order (the initial noise, then
     one tensor per step), so one seed gives one image on any device. `callback(step, total, x)` runs after each step;
     an exception raised there stops sampling. Returns float32 on the CPU.
     """
     device = sd.device
+    guided_eps_at = guidance(sd.unet, whole_latent_only(positive, "positive"), whole_latent_only(negative, "negative"),
+                             cfg, latent.shape, device)
     generator = torch.Generator("cpu").manual_seed(int(seed))
 
     def randn() -> torch.Tensor:
@@ -98,7 +132,7 @@ def sample(
         x = randn()
     ratio = TRAIN_STEPS // steps
     for i, t in enumerate(timesteps):
-        eps = guided_eps(sd.unet, x, t, positive, negative, cfg)
+        eps = guided_eps_at(x, t)
         x = ddpm_step(x, eps, t, t - ratio, alphas_cumprod, randn())
         if callback is not None:
             callback(i + 1, len(timesteps), x)

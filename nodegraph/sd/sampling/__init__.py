@@ -26,7 +26,7 @@ from .schedulers import (SCHEDULER_NAMES, SCHEDULERS, exponential_sigmas, karras
 DEFAULT_SAMPLER, DEFAULT_SCHEDULER = "euler", "normal"  # ComfyUI's first choices
 
 
-def sample(sd, positive: torch.Tensor, negative: torch.Tensor, latent: torch.Tensor, *, seed: int, steps: int,
+def sample(sd, positive, negative, latent: torch.Tensor, *, seed: int, steps: int,
            cfg: float, denoise: float = 1.0, sampler_name: str | None = None, scheduler: str | None = None,
            callback: ProgressCallback | None = None, check_interrupt: Callable[[], None] | None = None) -> torch.Tensor:
     """Sample a raw (unscaled) VAE latent, float32 on the CPU.
@@ -35,7 +35,8 @@ def sample(sd, positive: torch.Tensor, negative: torch.Tensor, latent: torch.Ten
     KSampler: the same seed and settings give ComfyUI's latent. With neither it is the seed project's DDPM sampler
     (diffusers' DDPMScheduler as SD ships it), unchanged. `latent` gives the size and, for denoise < 1, the picture
     to start from. `callback(step, total, latent)` follows each step (raise in it to stop); `check_interrupt()` runs
-    before every model evaluation, also inside two-evaluation steps.
+    before every model evaluation, also inside two-evaluation steps. `positive` and `negative` are CONDITIONING (a
+    tuple of Cond) or plain context tensors [B, T, C]; the DDPM sampler takes only conds over the whole latent.
     """
     if sampler_name is None and scheduler is None:
         return ddpm.sample(sd, positive, negative, latent, seed=seed, steps=steps, cfg=cfg, denoise=denoise,

@@ -3,6 +3,10 @@
 ComfyUI guides on the denoised estimates, not on the noise predictions: uncond + (cond - uncond) * cfg of the x0
 estimates (samplers.py cfg_function). At cfg == 1 the negative prompt is not evaluated at all. The UNet is called
 at the nearest training timestep of each sigma, on x / sqrt(sigma^2 + 1).
+
+Positive and negative are CONDITIONING (a tuple of Cond; a plain context tensor is one Cond over the whole latent).
+Each side's estimate is the weighted average of its conds' estimates, each over its area or mask (regions.py). The
+common case, one cond per side over the whole latent, takes a direct path: one UNet call on [positive, negative].
 """
 
 import math
@@ -10,16 +14,14 @@ from collections.abc import Callable
 
 import torch
 
+from ..conditioning import Conditioning, as_conditioning
+from .regions import RegionPlan, repeat_to_batch
 from .schedule import DiscreteSchedule
 
+# (latent crops [k*B, C, h, w], contexts [k*B, T, C], k) -> the estimates for those crops, float32
+Evaluate = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
-def repeat_to_batch(tensor: torch.Tensor, batch: int) -> torch.Tensor:
-    """Fit a batch of conditionings (or masks) to `batch` items: cut when longer, repeated in order when shorter."""
-    if tensor.shape[0] > batch:
-        return tensor[:batch]
-    if tensor.shape[0] < batch:
-        return tensor.repeat((math.ceil(batch / tensor.shape[0]),) + (1,) * (tensor.ndim - 1))[:batch]
-    return tensor
+__all__ = ["GuidedDenoiser", "combine_regions", "common_token_length", "is_plain", "repeat_to_batch"]
 
 
 def common_token_length(*conds: torch.Tensor) -> list[torch.Tensor]:
@@ -29,6 +31,25 @@ def common_token_length(*conds: torch.Tensor) -> list[torch.Tensor]:
     return [c.repeat(1, length // c.shape[1], 1) if c.shape[1] != length else c for c in conds]
 
 
+def is_plain(conditioning: Conditioning | None) -> bool:
+    """One cond over the whole latent at strength 1 (or nothing): its estimate is the model's, unweighted."""
+    return conditioning is None or (len(conditioning) == 1 and conditioning[0].is_everywhere
+                                    and conditioning[0].strength == 1.0)
+
+
+def combine_regions(plan: RegionPlan, x: torch.Tensor, evaluate: Evaluate) -> list[torch.Tensor]:
+    """Each list's estimate for x: every region evaluated on its crop (regions that fit batched into one call),
+    weighted, summed, and divided by the summed weights, cell by cell (ComfyUI's calc_cond_batch)."""
+    sums = [torch.zeros(x.shape, device=x.device) for _ in plan.regions]
+    for call in plan.calls:
+        crops = torch.cat([x[:, :, region.rows, region.cols] for _, region in call])
+        contexts = torch.cat(common_token_length(*(region.context for _, region in call)))
+        estimates = evaluate(crops, contexts, len(call)).chunk(len(call))
+        for (index, region), estimate in zip(call, estimates):
+            sums[index][:, :, region.rows, region.cols] += estimate * region.weight
+    return [total / weight for total, weight in zip(sums, plan.totals)]
+
+
 class GuidedDenoiser:
     """denoiser(x, sigma) -> x0 estimate, float32, for a batch of latents x [B, C, H, W] at sigma [B].
 
@@ -36,15 +57,22 @@ class GuidedDenoiser:
     the place to stop a run that was asked to stop.
     """
 
-    def __init__(self, unet: Callable, schedule: DiscreteSchedule, positive: torch.Tensor, negative: torch.Tensor | None,
-                 cfg: float, before_each_call: Callable[[], None] | None = None):
+    def __init__(self, unet: Callable, schedule: DiscreteSchedule, positive, negative, cfg: float,
+                 before_each_call: Callable[[], None] | None = None):
         self.unet, self.schedule, self.cfg = unet, schedule, float(cfg)
+        positive = as_conditioning(positive, "positive")
+        negative = None if negative is None else as_conditioning(negative, "negative")
         self.skip_negative = negative is None or math.isclose(self.cfg, 1.0)
-        self.positive, self.negative = positive, negative
-        if not self.skip_negative and positive.shape[1] != negative.shape[1]:
-            self.positive, self.negative = common_token_length(positive, negative)
+        self.conditionings = (positive, negative or ())
+        self.plain = is_plain(positive) and is_plain(negative)
+        if self.plain:
+            self.positive = positive[0].context
+            self.negative = None if negative is None else negative[0].context
+            if not self.skip_negative and self.positive.shape[1] != self.negative.shape[1]:
+                self.positive, self.negative = common_token_length(self.positive, self.negative)
         self.before_each_call = before_each_call
         self._context: dict[tuple, torch.Tensor] = {}  # by (batch, device): built once, not at every call
+        self._plans: dict[tuple, RegionPlan] = {}  # by (shape, device)
 
     def context(self, batch: int, device: torch.device) -> torch.Tensor:
         """The UNet's context for a batch of latents: the positive prompt, then the negative unless skipped."""
@@ -54,9 +82,18 @@ class GuidedDenoiser:
             self._context[key] = torch.cat([repeat_to_batch(part, batch) for part in parts]).to(device)
         return self._context[key]
 
+    def plan(self, x: torch.Tensor) -> RegionPlan:
+        key = (tuple(x.shape), x.device)
+        if key not in self._plans:
+            self._plans[key] = RegionPlan.build(self.conditionings, x.shape, x.device,
+                                                evaluated=(True, not self.skip_negative))
+        return self._plans[key]
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if self.before_each_call is not None:
             self.before_each_call()
+        if not self.plain:
+            return self._guided_over_regions(x, sigma)
         model_input = self.schedule.model_input(sigma, x)
         timestep = self.schedule.timestep(sigma)
         context = self.context(x.shape[0], x.device)
@@ -64,4 +101,18 @@ class GuidedDenoiser:
             return self.schedule.denoised(sigma, self.unet(model_input, timestep, context).float(), x)
         output = self.unet(torch.cat([model_input, model_input]), torch.cat([timestep, timestep]), context).float()
         cond, uncond = (self.schedule.denoised(sigma, part, x) for part in output.chunk(2))
+        return uncond + (cond - uncond) * self.cfg
+
+    def _guided_over_regions(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma.reshape(-1)
+        timestep = self.schedule.timestep(sigma)
+
+        def evaluate(crops: torch.Tensor, contexts: torch.Tensor, chunks: int) -> torch.Tensor:
+            sigmas = sigma.repeat(chunks)
+            output = self.unet(self.schedule.model_input(sigmas, crops), timestep.repeat(chunks), contexts).float()
+            return self.schedule.denoised(sigmas, output, crops)
+
+        cond, uncond = combine_regions(self.plan(x), x, evaluate)
+        if self.skip_negative:
+            return cond
         return uncond + (cond - uncond) * self.cfg

@@ -85,14 +85,16 @@ class SampleResult:
 
 
 @torch.no_grad()
-def sample_along(sd, positive: torch.Tensor, negative: torch.Tensor | None, latent: torch.Tensor, sigmas: torch.Tensor,
+def sample_along(sd, positive, negative, latent: torch.Tensor, sigmas: torch.Tensor,
                  *, sampler: str | Sampler, seed: int, cfg: float, add_noise: bool = True,
                  callback: ProgressCallback | None = None, check_interrupt: Callable[[], None] | None = None,
                  batch_index: Sequence[int] | None = None, noise_mask: torch.Tensor | None = None) -> SampleResult:
     """Sample a raw VAE latent along `sigmas` with a sampler by name (SamplerCustom; KSampler after its sigmas).
 
-    `latent` is the starting picture (all zeros for text-to-image); it is noised to sigmas[0] with the seed's noise
-    unless add_noise is False (a latent that already carries its noise, e.g. the rest of a KSamplerAdvanced run).
+    `positive` and `negative` are CONDITIONING (a tuple of Cond, each with its area, mask and strength) or plain
+    context tensors [B, T, C]; negative may be None (no guidance). `latent` is the starting picture (all zeros for
+    text-to-image); it is noised to sigmas[0] with the seed's noise unless add_noise is False (a latent that already
+    carries its noise, e.g. the rest of a KSamplerAdvanced run).
     `noise_mask` (1 = repaint) keeps the rest of `latent` as it is. `check_interrupt` runs before every model call.
     """
     sampler = get_sampler(sampler) if isinstance(sampler, str) else sampler
@@ -106,8 +108,7 @@ def sample_along(sd, positive: torch.Tensor, negative: torch.Tensor | None, late
         start = start * sd.latent_scale
     noise, start, sigmas = noise.to(device), start.to(device), sigmas.to(device)
 
-    model = GuidedDenoiser(sd.unet, schedule, positive.to(device), None if negative is None else negative.to(device),
-                           cfg, before_each_call=check_interrupt)
+    model = GuidedDenoiser(sd.unet, schedule, positive, negative, cfg, before_each_call=check_interrupt)
     if noise_mask is not None:
         inpaint_noise = noise
         if sampler.random_inpaint_noise:
