@@ -13,8 +13,9 @@ from tqdm import tqdm
 
 from nodegraph.executor import (ExecutionError, ExecutionInterrupted, Executed, Executing, Executor, Interrupted,
                                 NodeFailed, Progress, RunResult)
+from nodegraph.extra_model_paths import ExtraModelFolder, ModelPathsError, missing_folders, read_extra_model_paths
 from nodegraph.nodes import Environment, NodeRegistry, builtin_registry
-from nodegraph.workflow import InvalidWorkflow, WorkflowIssue, apply_overrides, read_workflow_file
+from nodegraph.workflow import InvalidWorkflow, WorkflowIssue, apply_overrides, read_workflow_and_ui
 
 EXIT_OK, EXIT_NODE_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -29,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_folder_options(run)
     run.add_argument("--output", type=Path, default=Path("output"), help="where SaveImage writes (default ./output)")
     run.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
-                     help="override an input, e.g. --set sample.seed=7 (VALUE is JSON if it parses, else text); "
-                          "repeatable")
+                     help="override an input, e.g. --set sample.seed=7, or --set 3.seed=7 in a ComfyUI file (node "
+                          "ids as the file has them; VALUE is JSON if it parses, else text); repeatable")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                      help="where models run (auto: CUDA when present)")
     run.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
@@ -62,14 +63,41 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch-size", type=int, default=8)
     serve.add_argument("--max-steps", type=int, default=200)
     serve.add_argument("--max-upload-mb", type=float, default=25.0)
+    serve.add_argument("--preview-method", choices=["none", "auto"], default="none",
+                       help="sampling previews as binary websocket frames: none (as ComfyUI's default; a socket may "
+                            "still ask with ?previews=1, as the editor does) or auto (to every socket)")
     serve.set_defaults(handler=serve_command)
     return parser
 
 
 def add_folder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", type=Path, default=Path("models"),
-                        help="models folder; checkpoints are read from its checkpoints/ (default ./models)")
+                        help="models folder, laid out as ComfyUI's: checkpoints/, vae/, loras/, embeddings/, ... "
+                             "(default ./models); symlinked files and folders in it are followed")
+    parser.add_argument("--extra-model-paths", type=extra_model_paths_file, action="append", default=[],
+                        metavar="FILE", help="ComfyUI's extra_model_paths.yaml: more model folders, e.g. those of an "
+                                             "existing ComfyUI or A1111 install; repeatable")
+    parser.add_argument("--allow-pickled-models", action="store_true",
+                        help="also offer .ckpt/.pt/.bin/.pth models, read with torch.load(weights_only=True) "
+                             "(pickles: prefer .safetensors)")
     parser.add_argument("--input", type=Path, default=Path("input"), help="where LoadImage reads (default ./input)")
+
+
+def extra_model_paths_file(value: str) -> tuple[ExtraModelFolder, ...]:
+    """--extra-model-paths FILE, read while the arguments are parsed: a bad file is an argument error (exit 2)."""
+    try:
+        folders = read_extra_model_paths(value)
+    except ModelPathsError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    for warning in missing_folders(folders):
+        print(f"warning: {warning}", file=sys.stderr)
+    return folders
+
+
+def folder_settings(args: argparse.Namespace) -> dict:
+    """The Environment fields that add_folder_options sets."""
+    return {"models_dir": args.models, "input_dir": args.input, "allow_pickled_models": args.allow_pickled_models,
+            "extra_model_paths": tuple(folder for file in args.extra_model_paths for folder in file)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    env = Environment(models_dir=args.models, input_dir=args.input, output_dir=args.output,
-                      device=args.device, dtype=args.dtype)
+    env = Environment(**folder_settings(args), output_dir=args.output, device=args.device, dtype=args.dtype)
     if args.device == "cuda":
         import torch
 
@@ -91,15 +118,20 @@ def run_command(args: argparse.Namespace) -> int:
             return EXIT_INVALID
     executor = Executor(env)
     try:
-        workflow = apply_overrides(read_workflow_file(args.workflow), args.set, executor.registry)
+        workflow, ui_workflow = read_workflow_and_ui(args.workflow)
+        workflow = apply_overrides(workflow, args.set, executor.registry)
         valid = executor.validate(workflow)
     except InvalidWorkflow as error:
         print_issues(args.workflow, error.issues)
         return EXIT_INVALID
+    if valid.format == "ui":
+        ui_workflow = workflow  # with the --set values, as ComfyUI's frontend embeds what it queued
+    # ComfyUI's SaveImage embeds the UI workflow it is given here, as ComfyUI's frontend passes it along.
+    extra_data = {"extra_pnginfo": {"workflow": ui_workflow}} if ui_workflow is not None else None
 
     console = Console(quiet=args.quiet)
     try:
-        result = executor.run(valid, on_event=console)
+        result = executor.run(valid, on_event=console, extra_data=extra_data)
     except NodeFailed as error:
         console.close()
         if args.traceback:
@@ -167,12 +199,13 @@ def serve_command(args: argparse.Namespace) -> int:
 
     from nodegraph.server import TOKEN_ENV, Limits, ServerConfig, serve
 
-    env = Environment(models_dir=args.models, input_dir=args.input, output_dir=args.output,
-                      temp_dir=args.data / "temp", device=args.device, dtype=args.dtype)
+    env = Environment(**folder_settings(args), output_dir=args.output, temp_dir=args.data / "temp",
+                      device=args.device, dtype=args.dtype)
     limits = Limits(max_width=args.max_size, max_height=args.max_size, max_batch_size=args.max_batch_size,
                     max_steps=args.max_steps, max_upload_bytes=int(args.max_upload_mb * 2**20))
     config = ServerConfig(env=env, data_dir=args.data, host=args.host, port=args.port, limits=limits,
-                          auth_token=args.auth_token or os.environ.get(TOKEN_ENV) or None)
+                          auth_token=args.auth_token or os.environ.get(TOKEN_ENV) or None,
+                          preview_method=args.preview_method)
     try:
         serve(config)
     except ValueError as error:  # e.g. a non-loopback address without a token
@@ -185,7 +218,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def nodes_command(args: argparse.Namespace) -> int:
-    env = Environment(models_dir=args.models, input_dir=args.input)
+    env = Environment(**folder_settings(args))
     registry = builtin_registry()
     if args.json:
         print(json.dumps(registry.describe(env), indent=2))

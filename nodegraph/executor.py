@@ -23,8 +23,9 @@ from typing import Any, Callable, ClassVar
 
 import networkx as nx
 
+from nodegraph.formats import validate_workflow
 from nodegraph.nodes import UI_KEY, Environment, Interrupted, NodeRegistry, RunContext, builtin_registry
-from nodegraph.workflow import PlannedNode, ValidWorkflow, validate
+from nodegraph.workflow import PlannedNode, ValidWorkflow
 
 __all__ = ["Executor", "RunResult", "NodeFailed", "Interrupted", "OutputCache", "estimate_bytes", "Event"]
 
@@ -54,7 +55,7 @@ class ExecutionStart(Event):
 @dataclass(frozen=True)
 class ExecutionCached(Event):
     type: ClassVar[str] = "execution_cached"
-    nodes: list[str] = field(default_factory=list)  # nodes whose cached outputs this run uses instead of running them
+    nodes: list[str] = field(default_factory=list)  # the run's nodes whose outputs are cached (used or not)
 
 
 @dataclass(frozen=True)
@@ -226,11 +227,11 @@ class Executor:
         self.cache = OutputCache(cache_budget_bytes)
         self._interrupt = threading.Event()
         self._run_lock = threading.Lock()
-        self._extra_pnginfo: dict | None = None
 
     def validate(self, workflow: dict) -> ValidWorkflow:
-        """The runnable form of `workflow`; raises InvalidWorkflow listing every problem."""
-        return validate(workflow, self.registry, self.env)
+        """The runnable form of `workflow` in any format (native, ComfyUI's API prompt or its UI file); raises
+        InvalidWorkflow listing every problem, with node ids as the workflow has them."""
+        return validate_workflow(workflow, self.registry, self.env)
 
     def interrupt(self) -> None:
         """Stop the current run at the next node boundary or sampler step (it raises Interrupted)."""
@@ -245,7 +246,7 @@ class Executor:
         output nodes (ComfyUI's partial_execution_targets)."""
         valid = workflow if isinstance(workflow, ValidWorkflow) else self.validate(workflow)
         extra_pnginfo = (extra_data or {}).get("extra_pnginfo")
-        self._extra_pnginfo = extra_pnginfo if isinstance(extra_pnginfo, dict) else None
+        extra_pnginfo = extra_pnginfo if isinstance(extra_pnginfo, dict) else None
         emit = on_event or (lambda event: None)
         run_id = run_id or uuid.uuid4().hex
         with self._run_lock:
@@ -253,7 +254,8 @@ class Executor:
             emit(ExecutionStart(run_id))
             to_run, results, signatures, ui_outputs = self._plan(valid, run_id, emit, targets)
             cached = list(results)
-            emit(ExecutionCached(run_id, nodes=cached))
+            # As ComfyUI reports it: every node of the run whose outputs are cached, used or not.
+            emit(ExecutionCached(run_id, nodes=[node_id for node_id in signatures if signatures[node_id] in self.cache]))
             remaining_uses = {}
             for node_id in to_run:
                 for source, _ in valid.nodes[node_id].links.values():
@@ -267,7 +269,7 @@ class Executor:
                 inputs = dict(node.constants)
                 for name, (source, output) in node.links.items():
                     inputs[name] = results[source][output]
-                outputs = self._run_node(valid, node, inputs, run_id, emit)
+                outputs = self._run_node(valid, node, inputs, run_id, emit, extra_pnginfo)
                 self.cache.put(signatures[node_id], outputs)
                 results[node_id] = outputs
                 del inputs  # with the line below, upstream outputs can be freed as soon as no one needs them
@@ -318,14 +320,15 @@ class Executor:
         ui_outputs = {node_id: results[node_id].get(UI_KEY, {}) for node_id in outputs if node_id in results}
         return to_run, results, signatures, ui_outputs
 
-    def _run_node(self, valid: ValidWorkflow, node: PlannedNode, inputs: dict, run_id: str, emit: Listener) -> dict:
+    def _run_node(self, valid: ValidWorkflow, node: PlannedNode, inputs: dict, run_id: str, emit: Listener,
+                  extra_pnginfo: dict | None) -> dict:
         node_type = node.node_class.TYPE
         emit(Executing(run_id, node_id=node.id, node_type=node_type))
 
         def report(step: int, total: int, preview: Any) -> None:
             emit(Progress(run_id, node_id=node.id, step=step, total=total, preview=preview))
 
-        ctx = RunContext(self.env, node.id, valid.source, prompt=valid.prompt, extra_pnginfo=self._extra_pnginfo,
+        ctx = RunContext(self.env, node.id, valid.source, prompt=valid.prompt, extra_pnginfo=extra_pnginfo,
                          report=report, interrupt_flag=self._interrupt)
         try:
             outputs = node.node_class().run(ctx, **inputs)

@@ -1,4 +1,7 @@
-"""The workflow file format, its validation, and the DAG the executor runs.
+"""The native workflow format, its validation, the DAG the executor runs, and reading workflow files.
+
+ComfyUI's formats are converted to this one at the edge (nodegraph.formats); validation here never knows which
+format came in.
 
 A workflow is {"version": 1, "nodes": {id: {"type": ..., "inputs": {...}}}, "ui": {...}}; an input is either a
 constant or a link `[node_id, output_name]`. `validate` checks everything that can be checked before running and
@@ -19,7 +22,9 @@ from pydantic import ValidationError as PydanticValidationError
 
 from nodegraph.nodes import Environment, InputSpec, Node, NodeRegistry
 
-PNG_WORKFLOW_KEY = "workflow"  # the PNG text chunk SaveImage writes the workflow to
+PNG_WORKFLOW_KEY = "workflow"  # the PNG text chunk SaveImage writes the workflow to (ComfyUI: its UI file)
+PNG_PROMPT_KEY = "prompt"  # ComfyUI's PNG text chunk with the API form of what ran
+PNG_CHUNKS = (PNG_WORKFLOW_KEY, PNG_PROMPT_KEY)
 
 
 class NodeEntry(BaseModel):
@@ -43,7 +48,8 @@ class WorkflowIssue:
 
     # One of: unknown_node_type, unknown_input, missing_input, bad_link, unknown_link_node, unknown_link_output,
     # socket_mismatch, wrong_type, out_of_bounds, not_in_choices, invalid_value, cycle, no_output (the workflow),
-    # bad_format (the file's structure), unreadable (the file), bad_override (a --set).
+    # bad_format (the file's structure), unreadable (the file), bad_override (a --set), unsupported (a ComfyUI
+    # feature nodegraph refuses, e.g. a subgraph).
     code: str
     message: str
     node_id: str | None = None
@@ -255,39 +261,63 @@ def _format_issue(error: dict) -> WorkflowIssue:
 
 
 def read_workflow_file(path: Path) -> dict:
-    """The workflow in a .json file, or the one SaveImage embedded in a PNG; InvalidWorkflow if there is none."""
+    """The workflow in a .json file (native, ComfyUI API or ComfyUI UI), or the one a PNG carries; InvalidWorkflow
+    if there is none."""
+    return read_workflow_and_ui(path)[0]
+
+
+def read_workflow_and_ui(path: Path) -> tuple[dict, dict | None]:
+    """The workflow to run from a .json file or a PNG, and ComfyUI's UI workflow that came with it (None if none).
+
+    A PNG of ours runs its "workflow" chunk (native). One of ComfyUI's runs its "prompt" chunk (the API form of
+    exactly what ran) and keeps its "workflow" chunk (the UI file) to embed again; with no prompt, the UI file runs.
+    """
+    from nodegraph.formats import detect_format
+    from nodegraph.formats.png import is_png, png_text_chunks
+
     path = Path(path)
     try:
         with open(path, "rb") as file:
             head = file.read(8)
-        if head == b"\x89PNG\r\n\x1a\n":
-            text = _png_workflow_text(path)
-        else:
-            text = path.read_text(encoding="utf-8")
-        return json.loads(text)
+        if not is_png(head):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return data, (data if detect_format(data) == "ui" else None)
+        chunks = {}
+        for name, text in png_text_chunks(path).items():
+            if name in PNG_CHUNKS:
+                try:
+                    chunks[name] = json.loads(text)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"its {name!r} chunk is not JSON ({error})") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as error:
         raise InvalidWorkflow([WorkflowIssue("unreadable", f"cannot read a workflow from {path}: {error}")]) from None
-
-
-def _png_workflow_text(path: Path) -> str:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        text = getattr(image, "text", {}) or {}
-    if PNG_WORKFLOW_KEY not in text:
-        hint = " (it has a ComfyUI 'prompt' chunk; ComfyUI workflows are not supported)" if "prompt" in text else ""
-        raise ValueError(f"the PNG has no {PNG_WORKFLOW_KEY!r} text chunk{hint}")
-    return text[PNG_WORKFLOW_KEY]
+    workflow, prompt = chunks.get(PNG_WORKFLOW_KEY), chunks.get(PNG_PROMPT_KEY)
+    workflow_format = detect_format(workflow) if isinstance(workflow, dict) else None
+    ui = workflow if workflow_format == "ui" else None
+    if workflow_format == "native":
+        return workflow, None
+    if isinstance(prompt, dict) and detect_format(prompt) == "api":
+        return prompt, ui
+    if ui is not None:
+        return ui, ui
+    found = f"its text chunks are {', '.join(repr(name) for name in chunks)}" if chunks else "it has neither"
+    raise InvalidWorkflow([WorkflowIssue(
+        "unreadable", f"cannot read a workflow from {path}: a PNG needs a {PNG_WORKFLOW_KEY!r} chunk (nodegraph's or "
+        f"ComfyUI's SaveImage) or a {PNG_PROMPT_KEY!r} chunk (ComfyUI's) holding a workflow, and {found}")])
 
 
 def apply_overrides(data: dict, assignments: list[str], registry: NodeRegistry) -> dict:
-    """A copy of `data` with each "NODE.INPUT=VALUE" applied.
+    """A copy of `data` (any format) with each "NODE.INPUT=VALUE" applied, NODE as the file names it.
 
     VALUE is read as JSON when it parses (7, 7.5, true, ["ckpt", "clip"]) and taken as text otherwise; a STRING
-    input always takes the text as given, so `--set pos.text=42` sets the prompt "42".
+    input always takes the text as given, so `--set pos.text=42` sets the prompt "42". In a ComfyUI UI file the
+    widget value is set (or the value of the PrimitiveNode feeding it).
     """
+    from nodegraph.formats import detect_format
+    from nodegraph.formats.overrides import set_api, set_native, set_ui
+
     data = copy.deepcopy(data)
-    nodes = data.get("nodes") if isinstance(data, dict) else None
+    setter = {"native": set_native, "api": set_api, "ui": set_ui}[detect_format(data)]
     issues = []
     for assignment in assignments:
         target, equals, raw = assignment.partition("=")
@@ -295,20 +325,9 @@ def apply_overrides(data: dict, assignments: list[str], registry: NodeRegistry) 
         if not equals or not dot or not node_id or not input_name:
             issues.append(WorkflowIssue("bad_override", f"--set expects NODE.INPUT=VALUE, got {assignment!r}"))
             continue
-        node = nodes.get(node_id) if isinstance(nodes, dict) else None
-        if not isinstance(node, dict) or not isinstance(node.get("inputs", {}), dict):
-            issues.append(WorkflowIssue("bad_override", f"--set {assignment!r}: there is no node {node_id!r}",
-                                        node_id, None, input_name))
-            continue
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        node_class = registry.get(node.get("type"))
-        spec = node_class.input_specs().get(input_name) if node_class else None
-        if spec is not None and spec.kind == "constant" and spec.type == "STRING":
-            value = raw
-        node.setdefault("inputs", {})[input_name] = value
+        problem = setter(data, node_id, input_name, raw, registry)
+        if problem:
+            issues.append(WorkflowIssue("bad_override", f"--set {assignment!r}: {problem}", node_id, None, input_name))
     if issues:
         raise InvalidWorkflow(issues)
     return data

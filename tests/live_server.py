@@ -17,12 +17,13 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, env, data_dir: Path):
+    def __init__(self, env, data_dir: Path, *options: str):
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.address = f"127.0.0.1:{self.port}"
+        self.base = f"http://{self.address}"
         self.command = [sys.executable, "-m", "nodegraph", "serve", "--port", str(self.port), "--models",
                         str(env.models_dir), "--input", str(env.input_dir), "--output", str(env.output_dir),
-                        "--data", str(data_dir), "--device", "cpu", "--dtype", "fp32"]
+                        "--data", str(data_dir), "--device", "cpu", "--dtype", "fp32", *options]
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log = data_dir / "server.log"
         self.process = None

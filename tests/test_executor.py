@@ -126,7 +126,8 @@ def test_events_follow_the_run_and_are_json_serialisable(executor):
     events.clear()
     executor.run(sum_workflow(label="other"), on_event=events.append)
     cached = next(event for event in events if event.type == "execution_cached")
-    assert cached.nodes == ["add"]
+    assert cached.nodes == ["a", "b", "add"]  # as ComfyUI reports it: all that is cached, even what is not used
+    assert [e.node_id for e in events if e.type == "executing"] == ["show"]
 
 
 def test_progress_events_carry_node_step_and_total(executor):

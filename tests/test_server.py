@@ -6,43 +6,14 @@ import json
 import time
 
 import pytest
-from aiohttp import FormData, WSMsgType
+from aiohttp import FormData
 from PIL import Image
 
-from app_client import run, serving
+from app_client import events_until_done, of_prompt, png_bytes, queue, refused, run, serving
 from engine_fixtures import env, sd_env, txt2img  # noqa: F401 (fixtures)
 from nodegraph.server import Limits, ServerConfig, create_app
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-async def queue(client, workflow, client_id="me"):
-    response = await client.post("/prompt", json={"workflow": workflow, "client_id": client_id})
-    assert response.status == 200, await response.text()
-    return (await response.json())["prompt_id"]
-
-
-async def events_until_done(ws, prompt_ids: set[str], previews: list | None = None) -> list[dict]:
-    """JSON messages up to the end (success, error or interrupt) of every prompt in `prompt_ids`."""
-    seen, pending = [], set(prompt_ids)
-    while pending:
-        message = await ws.receive(timeout=60)
-        if message.type == WSMsgType.BINARY:
-            if previews is not None:
-                previews.append(message.data)
-            continue
-        assert message.type == WSMsgType.TEXT, message
-        event = json.loads(message.data)
-        seen.append(event)
-        if event["type"] in ("execution_success", "execution_error", "execution_interrupted"):
-            pending.discard(event["data"]["prompt_id"])
-    return seen
-
-
-def png_bytes(size=(16, 16), color=(255, 0, 0)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # --- running prompts ------------------------------------------------------------------------------------------------
@@ -51,23 +22,25 @@ def png_bytes(size=(16, 16), color=(255, 0, 0)) -> bytes:
 def test_txt2img_prompt_reports_events_in_order_and_serves_its_image(sd_env, tmp_path):
     async def scenario():
         async with serving(sd_env, tmp_path) as client:
-            ws = await client.ws_connect("/ws?client_id=me")
-            assert (await ws.receive_json())["type"] == "status"
+            ws = await client.ws_connect("/ws?clientId=me&previews=1")
+            greeting = await ws.receive_json()
+            assert greeting == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "me"}}
             prompt_id = await queue(client, txt2img(steps=3))
             previews = []
             events = await events_until_done(ws, {prompt_id}, previews)
-            kinds = [e["type"] for e in events if e["type"] != "status"]
+            kinds = [e["type"] for e in of_prompt(events)]
             assert kinds[:2] == ["execution_start", "execution_cached"]
-            assert kinds[-1] == "execution_success"
+            assert kinds[-2:] == ["execution_success", "executing"]  # the end marker closes the prompt, as in ComfyUI
+            assert events[-2]["type"] == "status"  # the queue is empty again before the end marker arrives
+            assert events[-2]["data"]["status"]["exec_info"]["queue_remaining"] == 0
             progress = [e["data"] for e in events if e["type"] == "progress"]
-            assert [(p["node"], p["step"], p["total"]) for p in progress] == [("sample", i, 3) for i in (1, 2, 3)]
-            executing = [e["data"]["node"] for e in events if e["type"] == "executing"]
-            assert executing == ["ckpt", "empty", "neg", "pos", "sample", "decode", "save"]
-            finished = await ws.receive_json(timeout=10)  # as in ComfyUI: "executing" with node null closes the prompt
-            assert finished["type"] == "executing" and finished["data"] == {"prompt_id": prompt_id, "node": None}
+            assert progress == [{"value": i, "max": 3, "prompt_id": prompt_id, "node": "sample"} for i in (1, 2, 3)]
+            executing = [e["data"] for e in events if e["type"] == "executing" and e["data"]["node"]]
+            assert [e["node"] for e in executing] == ["ckpt", "empty", "neg", "pos", "sample", "decode", "save"]
+            assert all(e["display_node"] == e["node"] for e in executing)
             executed = {e["data"]["node"]: e["data"] for e in events if e["type"] == "executed"}
-            assert set(executed) == {"ckpt", "empty", "neg", "pos", "sample", "decode", "save"}
-            assert all(e["data"]["prompt_id"] == prompt_id for e in events if e["type"] != "status")
+            assert set(executed) == {"save"}  # only nodes with something to show, as ComfyUI
+            assert all(e["data"]["prompt_id"] == prompt_id for e in of_prompt(events))
             assert len(previews) == 3 and all(p[:8] == b"\0\0\0\1\0\0\0\1" and p[8:10] == b"\xff\xd8" for p in previews)
 
             image = executed["save"]["output"]["images"][0]
@@ -77,8 +50,11 @@ def test_txt2img_prompt_reports_events_in_order_and_serves_its_image(sd_env, tmp
 
             history = await (await client.get(f"/history/{prompt_id}")).json()
             entry = history[prompt_id]
-            assert entry["status"]["status_str"] == "success" and entry["outputs"]["save"]["images"] == [image]
-            assert set(entry["timings"]["nodes"]) == set(executed)
+            assert entry["status"]["status_str"] == "success" and entry["status"]["completed"] is True
+            assert entry["outputs"]["save"]["images"] == [image]
+            assert [m[0] for m in entry["status"]["messages"]] == ["execution_start", "execution_cached",
+                                                                   "execution_success"]
+            assert set(entry["timings"]["nodes"]) == {e["node"] for e in executing}
             assert prompt_id in await (await client.get("/history")).json()
     run(scenario())
 
@@ -86,7 +62,7 @@ def test_txt2img_prompt_reports_events_in_order_and_serves_its_image(sd_env, tmp
 def test_new_seed_reports_checkpoint_prompts_and_latent_as_cached(sd_env, tmp_path):
     async def scenario():
         async with serving(sd_env, tmp_path) as client:
-            ws = await client.ws_connect("/ws?client_id=me")
+            ws = await client.ws_connect("/ws?client_id=me")  # our editor's spelling of clientId
             await events_until_done(ws, {await queue(client, txt2img(seed=1))})
             events = await events_until_done(ws, {await queue(client, txt2img(seed=2))})
             cached = next(e["data"]["nodes"] for e in events if e["type"] == "execution_cached")
@@ -99,7 +75,7 @@ def test_new_seed_reports_checkpoint_prompts_and_latent_as_cached(sd_env, tmp_pa
 def test_concurrent_clients_get_their_own_events_in_queue_order(sd_env, tmp_path):
     async def scenario():
         async with serving(sd_env, tmp_path) as client:
-            sockets = [await client.ws_connect(f"/ws?client_id=c{i}") for i in range(10)]
+            sockets = [await client.ws_connect(f"/ws?clientId=c{i}") for i in range(10)]
 
             async def queue_five(i):
                 return [await queue(client, txt2img(seed=100 * i + j, steps=1), client_id=f"c{i}") for j in range(5)]
@@ -109,12 +85,12 @@ def test_concurrent_clients_get_their_own_events_in_queue_order(sd_env, tmp_path
             numbers = {}
             history = await (await client.get("/history", params={"max_items": "100"})).json()
             for ids, events in zip(owned, received):
-                prompt_events = [e for e in events if e["type"] != "status"]
+                prompt_events = of_prompt(events)
                 assert {e["data"]["prompt_id"] for e in prompt_events} == set(ids)  # all its own, none of another's
                 for prompt_id in ids:
                     own = [e["type"] for e in prompt_events if e["data"]["prompt_id"] == prompt_id]
                     assert own[0] == "execution_start" and "execution_success" in own and "progress" in own
-                    numbers[prompt_id] = history[prompt_id]["number"]
+                    numbers[prompt_id] = history[prompt_id]["prompt"][0]
             assert len(numbers) == 50
             by_start = sorted(numbers, key=lambda p: history[p]["timings"]["started_at"])
             assert by_start == sorted(numbers, key=numbers.get)  # run in queue order
@@ -136,7 +112,7 @@ def test_queue_answers_quickly_while_a_prompt_samples(sd_env, tmp_path):
                 body = await response.json()
                 if not body["queue_running"]:
                     break
-                assert body["queue_running"][0]["prompt_id"] == prompt_id
+                assert body["queue_running"][0][1] == prompt_id
                 await asyncio.sleep(0.02)
             assert len(latencies) >= 3 and max(latencies) < 0.1, latencies
             await client.post("/interrupt")
@@ -147,34 +123,57 @@ def test_queue_answers_quickly_while_a_prompt_samples(sd_env, tmp_path):
 def test_interrupt_stops_the_running_prompt_and_the_next_one_runs(sd_env, tmp_path):
     async def scenario():
         async with serving(sd_env, tmp_path) as client:
-            ws = await client.ws_connect("/ws?client_id=me")
+            ws = await client.ws_connect("/ws?clientId=me")
             first = await queue(client, txt2img(steps=200, size=64))
             while (await ws.receive_json(timeout=60))["type"] != "progress":
                 pass
             second = await queue(client, txt2img(seed=5))
-            assert (await (await client.post("/interrupt")).json())["interrupted"] == first
+            response = await client.post("/interrupt")
+            assert response.status == 200
             events = await events_until_done(ws, {first, second})
-            ends = {e["data"]["prompt_id"]: e["type"] for e in events if e["type"].startswith("execution_") and
-                    e["type"] not in ("execution_start", "execution_cached")}
+            ends = {e["data"]["prompt_id"]: e["type"] for e in events if e["type"] in (
+                "execution_success", "execution_error", "execution_interrupted")}
             assert ends == {first: "execution_interrupted", second: "execution_success"}
+            interrupted = next(e["data"] for e in events if e["type"] == "execution_interrupted")
+            assert interrupted["node_id"] == "sample" and interrupted["node_type"] == "DDPMSample"
+            assert interrupted["executed"] == ["ckpt", "empty", "neg", "pos"]
             history = await (await client.get("/history")).json()
-            assert history[first]["status"]["status_str"] == "interrupted"
+            assert history[first]["status"]["status_str"] == "error"  # ComfyUI's word for a prompt that did not finish
+            assert history[first]["status"]["completed"] is False
+            assert history[first]["status"]["messages"][-1][0] == "execution_interrupted"
     run(scenario())
 
 
-def test_pending_prompts_can_be_cancelled(sd_env, tmp_path):
+def test_interrupt_naming_another_prompt_leaves_the_running_one(sd_env, tmp_path):
     async def scenario():
         async with serving(sd_env, tmp_path) as client:
-            ws = await client.ws_connect("/ws?client_id=me")
+            ws = await client.ws_connect("/ws?clientId=me")
+            first = await queue(client, txt2img(steps=12))
+            while (await ws.receive_json(timeout=60))["type"] != "progress":
+                pass
+            assert (await client.post("/interrupt", json={"prompt_id": "not-this-one"})).status == 200
+            events = await events_until_done(ws, {first})
+            assert "execution_success" in [e["type"] for e in events]
+    run(scenario())
+
+
+def test_pending_prompts_can_be_deleted_from_the_queue(sd_env, tmp_path):
+    async def scenario():
+        async with serving(sd_env, tmp_path) as client:
+            ws = await client.ws_connect("/ws?clientId=me")
             first = await queue(client, txt2img(steps=200))
             second = await queue(client, txt2img(seed=9))
+            third = await queue(client, txt2img(seed=10))
             response = await client.post("/queue", json={"delete": [second]})
-            assert (await response.json())["cancelled"] == [second]
+            assert response.status == 200
             queue_now = await (await client.get("/queue")).json()
-            assert [p["prompt_id"] for p in queue_now["queue_pending"]] == []
+            assert [p[1] for p in queue_now["queue_pending"]] == [third]
+            assert (await client.post("/queue", json={"clear": True})).status == 200
+            assert (await (await client.get("/queue")).json())["queue_pending"] == []
             await client.post("/interrupt")
             await events_until_done(ws, {first})
-            assert (await (await client.get(f"/history/{second}")).json())[second]["status"]["status_str"] == "cancelled"
+            assert await (await client.get(f"/history/{second}")).json() == {}  # gone, as in ComfyUI
+            assert set(await (await client.get("/history")).json()) == {first}
     run(scenario())
 
 
@@ -186,13 +185,15 @@ def test_object_info_lists_nodes_with_file_choices(sd_env, tmp_path):
 
     async def scenario():
         async with serving(sd_env, tmp_path) as client:
-            info = await (await client.get("/object_info")).json()
-            assert "tiny.safetensors" in info["LoadCheckpoint"]["inputs"]["name"]["choices"]
-            assert info["LoadImage"]["inputs"]["name"]["choices"] == ["photo.png"]
-            assert info["DDPMSample"]["outputs"] == {"latent": "LATENT"}
-            assert info["EmptyLatent"]["inputs"]["width"]["multiple_of"] == 8
+            native = await (await client.get("/object_info", params={"namespace": "native"})).json()
+            assert "tiny.safetensors" in native["LoadCheckpoint"]["input"]["required"]["name"][0]
+            assert native["LoadImage"]["input"]["required"]["name"][0] == ["photo.png"]
+            assert native["DDPMSample"]["output"] == ["LATENT"] and native["DDPMSample"]["output_name"] == ["latent"]
+            assert native["EmptyLatent"]["input"]["required"]["width"][1]["step"] == 8
+            comfy = await (await client.get("/object_info")).json()
+            assert comfy["KSampler"]["input"]["required"]["seed"][1]["control_after_generate"] is True
             stats = await (await client.get("/system_stats")).json()
-            assert stats["device"]["type"] == "cpu" and stats["system"]["torch"]
+            assert stats["devices"][0]["type"] == "cpu" and stats["system"]["pytorch_version"]
     run(scenario())
 
 
@@ -214,23 +215,22 @@ def test_upload_stores_a_decodable_image_in_the_input_folder(env, tmp_path):
 # --- refusals ---------------------------------------------------------------------------------------------------------
 
 
-async def refused(response, status: int, fragment: str):
-    assert response.status == status, (response.status, await response.text())
-    body = await response.json()
-    assert fragment in body["error"]["message"], body
-    return body
-
-
 def test_malformed_and_invalid_requests_are_refused_and_the_server_keeps_serving(sd_env, tmp_path):
     async def scenario():
         async with serving(sd_env, tmp_path) as client:
             await refused(await client.post("/prompt", data=b"{not json"), 400, "not valid JSON")
             await refused(await client.post("/prompt", json=[1, 2]), 400, "JSON object")
+            await refused(await client.post("/prompt", json={"client_id": "x"}), 400, "No prompt")
             broken = txt2img()
             broken["nodes"]["sample"]["inputs"]["cfg"] = "high"
-            body = await refused(await client.post("/prompt", json={"workflow": broken}), 400, "sample")
-            assert body["error"]["node_errors"][0]["node_id"] == "sample"
-            assert body["error"]["node_errors"][0]["input"] == "cfg"
+            body = await refused(await client.post("/prompt", json={"prompt": broken}), 400, "failed validation")
+            assert body["error"]["type"] == "prompt_outputs_failed_validation"
+            assert list(body["node_errors"]) == ["sample"]
+            error = body["node_errors"]["sample"]["errors"][0]
+            assert error["type"] == "invalid_input_type" and error["extra_info"]["input_name"] == "cfg"
+            assert error["extra_info"]["received_value"] == "high" and "number" in error["message"]
+            assert body["node_errors"]["sample"]["dependent_outputs"] == ["save"]
+            assert body["node_errors"]["sample"]["class_type"] == "DDPMSample"
             assert (await client.get("/queue")).status == 200
     run(scenario())
 
@@ -240,9 +240,12 @@ def test_over_limit_sizes_are_refused(sd_env, tmp_path):
         async with serving(sd_env, tmp_path, limits=Limits(max_width=128, max_steps=10, max_batch_size=2)) as client:
             flow = txt2img(size=256, steps=11)
             flow["nodes"]["empty"]["inputs"]["batch_size"] = 3
-            body = await refused(await client.post("/prompt", json={"workflow": flow}), 400, "limit")
-            named = {(e["node_id"], e["input"]) for e in body["error"]["node_errors"]}
-            assert named == {("empty", "width"), ("sample", "steps"), ("empty", "batch_size")}
+            body = await refused(await client.post("/prompt", json={"prompt": flow}), 400, "failed validation")
+            named = {(node, e["extra_info"]["input_name"], e["type"]) for node, entry in body["node_errors"].items()
+                     for e in entry["errors"]}
+            assert named == {("empty", "width", "value_bigger_than_max"), ("sample", "steps", "value_bigger_than_max"),
+                             ("empty", "batch_size", "value_bigger_than_max")}
+            assert all("limit" in e["message"] for entry in body["node_errors"].values() for e in entry["errors"])
     run(scenario())
 
 
@@ -270,10 +273,11 @@ def test_path_traversal_is_refused_in_every_file_parameter(sd_env, tmp_path):
                 for node_id, name in (("ckpt", "name"), ("save", "prefix")):
                     flow = txt2img()
                     flow["nodes"][node_id]["inputs"][name] = bad
-                    response = await client.post("/prompt", json={"workflow": flow})
+                    response = await client.post("/prompt", json={"workflow": flow})  # our alias of "prompt"
                     assert response.status == 400, (node_id, bad)
-                    issue = (await response.json())["error"]["node_errors"][0]
-                    assert (issue["node_id"], issue["input"]) == (node_id, name)
+                    node_errors = (await response.json())["node_errors"]
+                    assert list(node_errors) == [node_id]
+                    assert node_errors[node_id]["errors"][0]["extra_info"]["input_name"] == name
             form = FormData(quote_fields=False)
             form.add_field("image", png_bytes(), filename="x.png")
             form.add_field("subfolder", "../../escape")
@@ -300,14 +304,21 @@ def test_cross_origin_posts_and_sockets_are_refused(sd_env, tmp_path):
     async def scenario():
         async with serving(sd_env, tmp_path) as client:
             evil = {"Origin": "https://evil.example"}
-            await refused(await client.post("/prompt", json={"workflow": txt2img()}, headers=evil), 403, "cross-origin")
-            await refused(await client.post("/interrupt", headers=evil), 403, "cross-origin")
+            await refused(await client.post("/prompt", json={"prompt": txt2img()}, headers=evil), 403, "cross-origin")
+            for path, body in (("/interrupt", {}), ("/queue", {"clear": True}), ("/history", {"clear": True}),
+                               ("/free", {"free_memory": True}), ("/api/prompt", {"prompt": txt2img()}),
+                               ("/validate", {"prompt": txt2img()})):
+                await refused(await client.post(path, json=body, headers=evil), 403, "cross-origin")
+            form = FormData(quote_fields=False)
+            form.add_field("image", png_bytes(), filename="x.png")
+            form.add_field("original_ref", json.dumps({"filename": "x.png"}))
+            await refused(await client.post("/upload/mask", data=form, headers=evil), 403, "cross-origin")
             await refused(await client.post("/prompt", json={}, headers={"Sec-Fetch-Site": "cross-site"}), 403, "cross-site")
             response = await client.get("/ws", headers={**evil, "Upgrade": "websocket", "Connection": "Upgrade",
                                                         "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "x3JJHMbDL1EzLkh9GBhXDw=="})
             assert response.status == 403
             same = {"Origin": f"http://127.0.0.1:{client.port}"}
-            assert (await client.post("/prompt", json={"workflow": txt2img()}, headers=same)).status == 200
+            assert (await client.post("/prompt", json={"prompt": txt2img()}, headers=same)).status == 200
             await refused(await client.get("/queue", headers={"Host": "attacker.example"}), 403, "loopback")
     run(scenario())
 
@@ -320,7 +331,13 @@ def test_oversized_and_non_image_uploads_are_refused(env, tmp_path):
                 form = FormData(quote_fields=False)
                 form.add_field("image", data, filename="x.png")
                 await refused(await client.post("/upload/image", data=form), status, fragment)
-            await refused(await client.post("/prompt", data=b"{" + b" " * 3_000_000 + b"}"), 413, "")
+            for path in ("/prompt", "/validate", "/history", "/queue", "/free", "/interrupt"):
+                await refused(await client.post(path, data=b"{" + b" " * 3_000_000 + b"}"), 413, "")
+            (env.output_dir / "big.png").write_bytes(png_bytes((100, 100)))
+            form = FormData(quote_fields=False)
+            form.add_field("image", png_bytes((100, 100)), filename="mask.png")
+            form.add_field("original_ref", json.dumps({"filename": "big.png"}))
+            await refused(await client.post("/upload/mask", data=form), 413, "pixels")
             assert list(env.input_dir.iterdir()) == []
     run(scenario())
 
@@ -330,9 +347,14 @@ def test_a_token_is_required_when_one_is_set(sd_env, tmp_path):
         async with serving(sd_env, tmp_path, auth_token="s3cret") as client:
             await refused(await client.get("/queue"), 401, "token")
             await refused(await client.get("/queue", headers={"Authorization": "Bearer wrong"}), 401, "token")
+            for path in ("/api/object_info", "/models/checkpoints", "/view_metadata/checkpoints?filename=tiny.safetensors",
+                         "/system_stats", "/history", "/ws?clientId=x"):
+                await refused(await client.get(path), 401, "token")
+            await refused(await client.post("/free", json={"free_memory": True}), 401, "token")
             assert (await client.get("/queue", headers={"Authorization": "Bearer s3cret"})).status == 200
             assert (await client.get("/queue", params={"token": "s3cret"})).status == 200
             assert (await client.get("/queue")).status == 200  # the cookie set by ?token= now carries it
+            assert (await client.get("/api/queue")).status == 200
     run(scenario())
 
 

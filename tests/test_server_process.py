@@ -22,13 +22,13 @@ def statuses(server, ids):
 
 def test_sigkill_with_five_queued_prompts_loses_nothing(server, sd_env):
     server.start()
-    done = server.post("/prompt", {"workflow": txt2img(seed=1), "client_id": "a"})["prompt_id"]
+    done = server.post("/prompt", {"prompt": txt2img(seed=1), "client_id": "a"})["prompt_id"]
     server.wait_for(lambda: statuses(server, [done])[done] == "success")
     outputs_before = sorted(p.name for p in sd_env.output_dir.iterdir())
 
-    queued = [server.post("/prompt", {"workflow": txt2img(seed=10 + i, steps=60), "client_id": "a"})["prompt_id"]
+    queued = [server.post("/prompt", {"prompt": txt2img(seed=10 + i, steps=60), "client_id": "a"})["prompt_id"]
               for i in range(5)]
-    running = server.wait_for(lambda: server.get("/queue")["queue_running"])[0]["prompt_id"]
+    running = server.wait_for(lambda: server.get("/queue")["queue_running"])[0][1]
     assert running == queued[0]
     server.kill()
 
@@ -39,6 +39,6 @@ def test_sigkill_with_five_queued_prompts_loses_nothing(server, sd_env):
     assert [m[0] for m in history[running]["status"]["messages"]].count("execution_interrupted") == 1
     assert all(name in os.listdir(sd_env.output_dir) for name in outputs_before)
     assert len(list(sd_env.output_dir.glob("txt2img_*.png"))) == 6
-    numbers = [history[p]["number"] for p in queued]
+    numbers = [history[p]["prompt"][0] for p in queued]
     started = [history[p]["timings"]["started_at"] for p in queued]
     assert sorted(numbers) == numbers and sorted(started) == started  # still run in queue order

@@ -229,16 +229,24 @@ def test_issues_are_json_records():
 
 def test_reading_a_png_without_a_workflow_says_so(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
-    with pytest.raises(InvalidWorkflow, match="no 'workflow' text chunk"):
+    with pytest.raises(InvalidWorkflow, match="needs a 'workflow' chunk .* or a 'prompt' chunk .* it has neither"):
         read_workflow_file(tmp_path / "plain.png")
 
 
-def test_reading_a_comfyui_png_says_its_format_is_not_supported(tmp_path):
+def test_reading_a_png_whose_chunks_hold_no_workflow_names_the_chunks(tmp_path):
     info = PngImagePlugin.PngInfo()
     info.add_text("prompt", "{}")
     Image.new("RGB", (8, 8)).save(tmp_path / "comfy.png", pnginfo=info)
-    with pytest.raises(InvalidWorkflow, match="ComfyUI"):
+    with pytest.raises(InvalidWorkflow, match="its text chunks are 'prompt'"):
         read_workflow_file(tmp_path / "comfy.png")
+
+
+def test_reading_a_png_whose_chunk_is_not_json_names_the_chunk(tmp_path):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("workflow", "{not json")
+    Image.new("RGB", (8, 8)).save(tmp_path / "broken.png", pnginfo=info)
+    with pytest.raises(InvalidWorkflow, match="broken.png: its 'workflow' chunk is not JSON"):
+        read_workflow_file(tmp_path / "broken.png")
 
 
 def test_reading_broken_json_names_the_file_and_line(tmp_path):

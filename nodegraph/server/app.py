@@ -1,4 +1,5 @@
-"""The application: middlewares, every route family, the worker's start and stop."""
+"""The application: middlewares, every route family (each route also under /api/, as ComfyUI serves them), the
+worker's start and stop."""
 
 import asyncio
 import logging
@@ -7,7 +8,7 @@ from pathlib import Path
 from aiohttp import web
 
 from nodegraph.executor import Executor
-from nodegraph.server import editor, files, prompts, system, websocket
+from nodegraph.server import editor, files, models, prompts, queue_history, system, websocket
 from nodegraph.server.config import TOKEN_ENV, ServerConfig
 from nodegraph.server.hub import Hub
 from nodegraph.server.security import is_loopback, json_errors, security_middleware
@@ -16,7 +17,8 @@ from nodegraph.server.worker import Worker
 from nodegraph.store import Store
 
 log = logging.getLogger("nodegraph.server")
-ROUTE_FAMILIES = (prompts, files, system, websocket, editor)
+ROUTE_FAMILIES = (prompts, queue_history, files, models, system, websocket, editor)
+API_PREFIX = "/api"  # ComfyUI's frontend calls every route under it; other clients call them without
 
 
 def create_app(config: ServerConfig) -> web.Application:
@@ -27,10 +29,11 @@ def create_app(config: ServerConfig) -> web.Application:
     app = web.Application(middlewares=[json_errors, security_middleware(config)],
                           client_max_size=max(limits.max_upload_bytes, limits.max_body_bytes) + 64 * 1024)
     for family in ROUTE_FAMILIES:
-        app.add_routes(family.routes)
+        add_routes_twice(app, family.routes)
     editor.add_static_files(app)
     store = Store(Path(config.data_dir) / "nodegraph.sqlite3")
-    app[STATE] = server = ServerState(config=config, executor=Executor(config.env), store=store, hub=Hub())
+    hub = Hub(previews_for_all=config.preview_method == "auto")
+    app[STATE] = server = ServerState(config=config, executor=Executor(config.env), store=store, hub=hub)
 
     async def start_worker(app: web.Application) -> None:
         recovered = store.recover()
@@ -50,6 +53,14 @@ def create_app(config: ServerConfig) -> web.Application:
     app.on_shutdown.append(close_sockets)
     app.on_cleanup.append(stop_worker)
     return app
+
+
+def add_routes_twice(app: web.Application, routes: web.RouteTableDef) -> None:
+    """Each route at its path and under /api/: one registration, both paths."""
+    for route in routes:
+        route.register(app.router)
+        if isinstance(route, web.RouteDef):  # static folders (the editor's files) stay where they are
+            web.RouteDef(route.method, API_PREFIX + route.path, route.handler, route.kwargs).register(app.router)
 
 
 def serve(config: ServerConfig) -> None:

@@ -1,12 +1,16 @@
-"""The web editor: its page, its static files and the example workflows it offers."""
+"""The web editor: its page, its static files, the example workflows it offers, and /nodegraph/convert, which turns
+any workflow the engine reads (ours, ComfyUI's API prompt, ComfyUI's UI file) into ours for the editor to open."""
 
 import json
 from pathlib import Path
 
 from aiohttp import web
 
+from nodegraph.formats import to_native
+from nodegraph.server.comfy_errors import rejection
 from nodegraph.server.security import ApiError
-from nodegraph.server.state import state
+from nodegraph.server.state import read_json, state
+from nodegraph.workflow import InvalidWorkflow
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # package data, so a non-editable install serves the editor too
 # The editor's own page may load only from this origin: nothing is fetched from elsewhere, and no other site frames it.
@@ -61,3 +65,29 @@ def add_static_files(app: web.Application) -> None:
         # follow_symlinks=False: a symlink in the folder never leads out of it; no directory listings either.
         app.router.add_static("/web/", WEB_DIR, follow_symlinks=False, show_index=False)
         app.on_response_prepare.append(revalidate_editor_files)
+
+
+# --- opening ComfyUI's files -----------------------------------------------------------------------------------------
+
+
+@routes.post("/nodegraph/convert")
+async def convert(request: web.Request) -> web.Response:
+    """{"workflow": data in any format} -> {"workflow": ours, "format"}. Problems of single nodes (a type this
+    server lacks, a value that does not fit) come along as node_errors, so the editor opens the rest and says what
+    it left out; a file that cannot be read as a workflow at all is a 400 in /prompt's error shape."""
+    body = await read_json(request)
+    data = body.get("workflow")
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_request", 'expected {"workflow": {...}}: a workflow object in any format',
+                       node_errors={})
+    registry = state(request).executor.registry
+    try:
+        converted = to_native(data, registry)
+    except InvalidWorkflow as error:
+        return web.json_response(rejection(error.issues, data, registry), status=400)
+    if any(issue.node_id is None for issue in converted.issues):  # the file as a whole: nothing sensible to open
+        return web.json_response(rejection(converted.issues, data, registry), status=400)
+    answer = {"workflow": converted.native, "format": converted.format}
+    if converted.issues:
+        answer["node_errors"] = rejection(converted.issues, data, registry)["node_errors"]
+    return web.json_response(answer)

@@ -14,9 +14,23 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, kind: str, message: str, **details):
+    """A refused request, answered in ComfyUI's error shape: {"error": {"type", "message", "details", "extra_info"}}.
+
+    `node_errors` (ComfyUI's per-node validation errors) is added to the body when given, as /prompt answers.
+    """
+
+    def __init__(self, status: int, kind: str, message: str, details: str = "", extra_info: dict | None = None,
+                 node_errors: dict | None = None):
         super().__init__(message)
-        self.status, self.kind, self.message, self.details = status, kind, message, details
+        self.status, self.kind, self.message = status, kind, message
+        self.details, self.extra_info, self.node_errors = details, extra_info or {}, node_errors
+
+    def body(self) -> dict:
+        body: dict = {"error": {"type": self.kind, "message": self.message, "details": self.details,
+                                "extra_info": self.extra_info}}
+        if self.node_errors is not None:
+            body["node_errors"] = self.node_errors
+        return body
 
 
 def is_loopback(host: str) -> bool:
@@ -30,17 +44,17 @@ def is_loopback(host: str) -> bool:
 
 @web.middleware
 async def json_errors(request: web.Request, handler):
-    """The one place that turns errors into JSON: {"error": {"type", "message", ...}}."""
+    """The one place that turns errors into JSON: {"error": {"type", "message", "details", "extra_info"}}."""
     try:
         return await handler(request)
     except ApiError as error:
-        return web.json_response({"error": {"type": error.kind, "message": error.message, **error.details}},
-                                 status=error.status)
+        return web.json_response(error.body(), status=error.status)
     except web.HTTPException as error:
         if error.status < 400:
             raise
         kind = "too_large" if error.status == 413 else "http_error"
-        return web.json_response({"error": {"type": kind, "message": error.text or error.reason}}, status=error.status,
+        refused = ApiError(error.status, kind, error.text or error.reason)
+        return web.json_response(refused.body(), status=error.status,
                                  headers={k: v for k, v in error.headers.items() if k.lower() == "allow"})
 
 
@@ -72,13 +86,15 @@ def security_middleware(config: ServerConfig):
     return check
 
 
-async def read_json(request: web.Request, limit: int) -> dict:
-    """The request's body as a JSON object, refused above `limit` bytes."""
+async def read_json(request: web.Request, limit: int, empty_ok: bool = False) -> dict:
+    """The request's body as a JSON object, refused above `limit` bytes; `empty_ok`: no body reads as {}."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "too_large", f"request body over {limit} bytes")
     body = await request.content.read(limit + 1)
     if len(body) > limit:
         raise ApiError(413, "too_large", f"request body over {limit} bytes")
+    if empty_ok and not body.strip():
+        return {}
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

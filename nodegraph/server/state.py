@@ -27,6 +27,6 @@ def state(request: web.Request) -> ServerState:
     return request.app[STATE]
 
 
-async def read_json(request: web.Request) -> dict:
-    """The request's JSON object body, within this server's body limit."""
-    return await read_limited_json(request, state(request).config.limits.max_body_bytes)
+async def read_json(request: web.Request, empty_ok: bool = False) -> dict:
+    """The request's JSON object body, within this server's body limit; `empty_ok`: no body reads as {}."""
+    return await read_limited_json(request, state(request).config.limits.max_body_bytes, empty_ok)

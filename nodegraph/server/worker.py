@@ -1,18 +1,18 @@
 """The worker thread: runs queued prompts one at a time and reports to the hub on the event loop."""
 
 import asyncio
-import json
+import gc
 import logging
+import sys
 import threading
-import time
 
-from nodegraph.executor import Event, Executor, Interrupted, NodeFailed, Progress
-from nodegraph.server.hub import Hub, event_message, preview_frame, status_message
-from nodegraph.store import Store
+from nodegraph.executor import Event, Executor, Interrupted, NodeFailed
+from nodegraph.server.comfy_events import Outgoing, PromptEvents, end_marker, status_message
+from nodegraph.server.hub import Hub
+from nodegraph.store import PromptRecord, Store
 from nodegraph.workflow import InvalidWorkflow
 
 log = logging.getLogger("nodegraph.server")
-END_EVENTS = {"execution_success", "execution_error", "execution_interrupted"}
 
 
 class Worker:
@@ -22,7 +22,10 @@ class Worker:
         self.executor, self.store, self.hub, self.loop = executor, store, hub, loop
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="nodegraph-worker", daemon=True)
-        self.running_id: str | None = None
+        self._lock = threading.Lock()  # the running prompt changes and interrupts are checked under it
+        self.running: PromptRecord | None = None
+        self.events: PromptEvents | None = None  # the running prompt's, for a socket that reconnects mid-run
+        self._free_requested = False
 
     def start(self) -> None:
         self.thread.start()
@@ -32,68 +35,122 @@ class Worker:
         self.executor.interrupt()
         self.thread.join(timeout=30)
 
+    @property
+    def running_id(self) -> str | None:
+        running = self.running
+        return running.prompt_id if running else None
+
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        """Stop the running prompt (only if it is `prompt_id`, when given); False if there was none to stop.
+
+        Checked under the lock that changes the running prompt, so an interrupt meant for one prompt never lands on
+        the next (each run clears the executor's interrupt flag when it starts)."""
+        with self._lock:
+            if self.running is None or (prompt_id is not None and self.running.prompt_id != prompt_id):
+                return False
+            self.executor.interrupt()
+            return True
+
+    def request_free(self) -> None:
+        """Drop the executor's cached outputs (loaded models included) once no prompt runs (ComfyUI's /free)."""
+        self._free_requested = True
+
+    def current_node(self, client_id: str) -> tuple[str, str] | None:
+        """(prompt id, node id) running now for `client_id`, for a socket of it that connects mid-run."""
+        running, events = self.running, self.events
+        if running is None or events is None or running.client_id != client_id or events.current is None:
+            return None
+        return running.prompt_id, events.current
+
+    # --- on the event loop ------------------------------------------------------------------------------------
+
     def _post(self, callback, *args) -> None:
         self.loop.call_soon_threadsafe(callback, *args)
 
     def broadcast_status(self) -> None:
-        self._post(self.hub.broadcast, json.dumps(status_message(self.store)))
+        self._post(self.hub.broadcast, status_message(self.store.pending_count()))
+
+    def _deliver(self, client_id: str | None, outgoing: Outgoing) -> None:
+        if outgoing.frame is not None:
+            if client_id is not None or outgoing.to_all_without_client:
+                self._post(self.hub.send_preview, client_id, outgoing.frame)
+        elif client_id is not None:
+            progress = outgoing.message["type"] == "progress"
+            self._post(self.hub.send, client_id, outgoing.message, not progress)
+        elif outgoing.to_all_without_client:
+            self._post(self.hub.broadcast, outgoing.message)
+
+    # --- in the thread ----------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
+            if self._free_requested:
+                self._free_memory()
             record = self.store.take_next(timeout=0.5)
             if record is None:
                 continue
-            self.running_id = record.prompt_id
+            with self._lock:
+                self.running = record
             try:
                 self._run(record)
-            except Exception:  # never let one prompt kill the worker
+            except Exception as error:  # never let one prompt kill the worker, nor stay "running" forever
                 log.exception("worker failed on prompt %s", record.prompt_id)
+                self.store.finish(record.prompt_id, "error", error={"message": f"{type(error).__name__}: {error}"},
+                                  messages=record.messages)
+                self.broadcast_status()
+                if record.client_id is not None:
+                    self._post(self.hub.send, record.client_id, end_marker(record.prompt_id))
             finally:
-                self.running_id = None
-            self.broadcast_status()
+                with self._lock:
+                    self.running, self.events = None, None
 
-    def _run(self, record) -> None:
+    def _free_memory(self) -> None:
+        self._free_requested = False
+        self.executor.cache.clear()
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+
+    def _run(self, record: PromptRecord) -> None:
         self.broadcast_status()
-        messages, timings, started, final = list(record.messages), {}, {}, []  # keeps an earlier interruption
-        client = record.client_id
+        client, final = record.client_id, []
+
+        def emit(outgoing: Outgoing) -> None:
+            if outgoing.final:
+                final.append(outgoing)  # sent once the store has the outcome, so /history agrees with the socket
+            else:
+                self._deliver(client, outgoing)
 
         def on_event(event: Event) -> None:
-            message = event_message(event, record.prompt_id)
-            if event.type == "executing":
-                started[message["data"]["node"]] = time.perf_counter()
-            elif event.type == "executed" and message["data"]["node"] in started:
-                node = message["data"]["node"]
-                timings[node] = round(time.perf_counter() - started[node], 4)
-            if event.type != "progress":
-                messages.append([message["type"], message["data"]])
-            if event.type in END_EVENTS:
-                final.append(message)  # sent once the store has the outcome, so /history agrees with the socket
-                return
-            self._post(self.hub.send, client, json.dumps(message))
-            if isinstance(event, Progress) and event.preview is not None:
-                self._post(self.hub.send, client, preview_frame(event.preview))
+            for outgoing in events.convert(event):
+                emit(outgoing)
 
-        outcome: dict = {"status": "success"}
+        error = None
         try:
-            result = self.executor.run(record.workflow, on_event=on_event, run_id=record.prompt_id)
-            outcome["outputs"] = result.outputs
-        except InvalidWorkflow as error:  # valid when queued, no longer (a file was removed since)
-            issues = [issue.to_dict() for issue in error.issues]
-            on_event_data = {"prompt_id": record.prompt_id, "node": issues[0].get("node_id"),
-                             "node_type": issues[0].get("node_type"), "message": str(error), "node_errors": issues}
-            final.append({"type": "execution_error", "data": on_event_data})
-            messages.append(["execution_error", on_event_data])
-            outcome = {"status": "error", "error": {"message": str(error), "node_errors": issues}}
-        except NodeFailed as error:
-            outcome = {"status": "error", "error": {"node_id": error.node_id, "node_type": error.node_type,
-                                                    "message": error.message, "traceback": error.traceback}}
-        except Interrupted:
-            if self.stopping.is_set():
-                return  # the server is shutting down: left running, recover() queues it again at the next start
-            outcome = {"status": "interrupted"}
-        self.store.finish(record.prompt_id, messages=messages, timings=timings, **outcome)
-        for message in final:
-            self._post(self.hub.send, client, json.dumps(message))
-        if outcome["status"] == "success":
-            self._post(self.hub.send, client, json.dumps({"type": "executing", "data": {
-                "prompt_id": record.prompt_id, "node": None}}))
+            valid = self.executor.validate(record.workflow)
+        except InvalidWorkflow as invalid:  # valid when queued, no longer (a file was removed since)
+            events = PromptEvents(record.prompt_id, None)
+            for outgoing in events.invalid(invalid):
+                emit(outgoing)
+            status, error = "error", {"message": str(invalid), "issues": [i.to_dict() for i in invalid.issues]}
+        else:
+            events = self.events = PromptEvents(record.prompt_id, valid)
+            try:
+                self.executor.run(valid, on_event=on_event, run_id=record.prompt_id, extra_data=record.extra_data,
+                                  targets=record.outputs_to_execute or None)
+                status = "success"
+            except NodeFailed as failed:
+                status, error = "error", {"node_id": failed.node_id, "node_type": failed.node_type,
+                                          "message": failed.message, "traceback": failed.traceback}
+            except Interrupted:
+                if self.stopping.is_set():
+                    return  # the server is shutting down: left running, recover() queues it again at the next start
+                status = "interrupted"
+        self.store.finish(record.prompt_id, status, outputs=events.outputs, error=error,
+                          messages=record.messages + events.messages, timings=events.timings)
+        for outgoing in final:
+            self._deliver(client, outgoing)
+        self.broadcast_status()
+        if client is not None:  # ComfyUI's end marker, after the history entry and the status
+            self._post(self.hub.send, client, end_marker(record.prompt_id))

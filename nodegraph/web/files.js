@@ -1,13 +1,14 @@
-// Workflow files in and out: .json files, PNGs the engine wrote, and downloads.
+// Workflow files in and out: .json files and PNGs (ours and ComfyUI's), and downloads.
 
-import { workflowFromPng } from "./png.js";
+import { workflowsFromPng } from "./png.js";
 
+// The workflow data a file holds, best first (a ComfyUI PNG holds two); still in the file's own format.
 export async function readWorkflowFile(file) {
   const buffer = await file.arrayBuffer();
   const bytes = new Uint8Array(buffer, 0, Math.min(8, buffer.byteLength));
-  if (file.type === "image/png" || bytes[0] === 0x89) return workflowFromPng(buffer);
+  if (file.type === "image/png" || bytes[0] === 0x89) return workflowsFromPng(buffer);
   try {
-    return JSON.parse(new TextDecoder().decode(buffer));
+    return [JSON.parse(new TextDecoder().decode(buffer))];
   } catch (error) {
     throw new Error(`${file.name} is not JSON: ${error.message}`);
   }

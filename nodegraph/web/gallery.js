@@ -21,11 +21,12 @@ export class Gallery {
     while (this.list.children.length > KEEP) this.list.lastElementChild.remove();
   }
 
-  // The images of finished prompts from /history (newest prompt first).
+  // The images of finished prompts from /history (ComfyUI's shape: entry.prompt[0] is the queue number).
   addHistory(history) {
+    const entries = Object.values(history ?? {}).sort((a, b) => (a.prompt?.[0] ?? 0) - (b.prompt?.[0] ?? 0));
     const refs = [];
-    for (const entry of Object.values(history)) {
-      for (const output of Object.values(entry.outputs ?? {})) refs.unshift(...(output.images ?? []).slice().reverse());
+    for (const entry of entries) {
+      for (const output of Object.values(entry.outputs ?? {})) refs.push(...(output.images ?? []));
     }
     this.add(refs);
   }

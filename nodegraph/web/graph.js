@@ -1,8 +1,8 @@
 // The editor's model: nodes with their constant values, links and positions, and the workflow file format.
 //
-// A node is {id, type, values: {input: constant}, links: {input: [node_id, output]}, pos: [x, y], randomize: Set}.
-// The workflow file is exactly what the CLI runs: {"version": 1, "nodes": {...}, "ui": {...}}; "ui" keeps the
-// positions (and the seeds to randomize) and the executor ignores it.
+// A node is {id, type, values: {input: constant}, links: {input: [node_id, output]}, pos: [x, y], randomize: Set,
+// title?}. The workflow file is exactly what the CLI runs: {"version": 1, "nodes": {...}, "ui": {...}}; "ui" keeps
+// the positions, the seeds to randomize and the titles a file gave its nodes, and the executor ignores it.
 
 export const MAX_SAFE_SEED = Number.MAX_SAFE_INTEGER; // 2^53 - 1: a JavaScript number is exact only up to here
 
@@ -47,8 +47,9 @@ export function defaultValue(spec) {
   return { INT: spec.min ?? 0, FLOAT: spec.min ?? 0, BOOLEAN: false }[spec.type] ?? "";
 }
 
-export function isSeed(name, spec) {
-  return (name === "seed" || name === "noise_seed") && spec.kind === "constant" && spec.type === "INT";
+// A seed input: ComfyUI marks it control_after_generate, and the editor offers to draw a new one after each run.
+export function isSeed(spec) {
+  return Boolean(spec?.control_after_generate) && spec.kind === "constant" && spec.type === "INT";
 }
 
 export function createNode(graph, info, type, pos) {
@@ -56,7 +57,7 @@ export function createNode(graph, info, type, pos) {
   for (const [name, spec] of Object.entries(info[type]?.inputs ?? {})) {
     if (spec.kind !== "constant") continue;
     node.values[name] = defaultValue(spec);
-    if (isSeed(name, spec)) {
+    if (isSeed(spec)) {
       node.values[name] = randomSeed(spec); // a new sampler starts on a seed of its own, and keeps drawing new ones
       node.randomize.add(name);
     }
@@ -84,6 +85,7 @@ export function toWorkflow(graph, info, view) {
     nodes[node.id] = { type: node.type, inputs };
     ui.nodes[node.id] = { pos: node.pos.map(Math.round) };
     if (node.randomize.size) ui.nodes[node.id].randomize = [...node.randomize];
+    if (node.title) ui.nodes[node.id].title = node.title;
   }
   if (view) ui.view = view;
   return { version: 1, nodes, ui };
@@ -120,6 +122,7 @@ export function fromWorkflow(data, info) {
     if (Array.isArray(pos) && pos.length === 2 && pos.every(Number.isFinite)) node.pos = [...pos];
     else unplaced.push(node);
     for (const name of saved[id]?.randomize ?? []) node.randomize.add(name);
+    if (typeof saved[id]?.title === "string" && saved[id].title) node.title = saved[id].title;
     graph.add(node);
   }
   layOut(graph, unplaced, info);

@@ -5,8 +5,9 @@ import { Editor } from "./editor.js";
 import { downloadWorkflow, readWorkflowFile } from "./files.js";
 import { Gallery } from "./gallery.js";
 import { randomSeed } from "./graph.js";
+import { nodeInfoFrom } from "./node_info.js";
 import { Palette } from "./palette.js";
-import { RunView } from "./run_view.js";
+import { RunView, errorText, issuesFrom } from "./run_view.js";
 import { ServerSocket } from "./socket.js";
 import { toast } from "./toast.js";
 
@@ -32,14 +33,15 @@ const editor = new Editor({ canvas: $("canvas"), world: $("world"), svg: $("link
   onUpload: (node, input, file) => upload(node, input, file),
   onUndoChange: (canUndo) => { $("undo-button").disabled = !canUndo; },
 });
-const runView = new RunView(editor, gallery, $("progress"), $("queue-size"));
+const runView = new RunView(editor, gallery, $("progress"), $("queue-size"), (message) => toast(message, "error"));
 const palette = new Palette($("palette-list"), $("palette-search"), {
   onAdd: (type) => editor.addNode(type, editor.freeSpot()),
   onDrop: (type, x, y) => editor.addNode(type, editor.viewport.toWorld(x, y)),
 });
 
+// ComfyUI's /object_info entries, keyed by the type names our workflow files use.
 async function refreshInfo() {
-  const info = await getJSON("/object_info");
+  const info = nodeInfoFrom(await getJSON("/object_info?namespace=native"));
   palette.setInfo(info);
   editor.setInfo(info);
 }
@@ -47,25 +49,35 @@ async function refreshInfo() {
 // --- running --------------------------------------------------------------------------------------------------
 
 // The server checks the workflow first (/validate), so problems are shown on their nodes before anything queues.
+// It is queued as ComfyUI's frontend queues: {prompt, client_id, extra_data}; the workflow also goes into
+// extra_pnginfo, so ComfyUI's SaveImage embeds it (with its layout) in the PNGs it writes, as ours does.
 async function run() {
   const workflow = editor.workflow();
   runView.clearErrors();
   try {
-    const check = await postJSON("/validate", { workflow });
-    if (!check.valid) return reportIssues(check.node_errors);
-    const queued = await postJSON("/prompt", { workflow, client_id: clientId() });
+    const check = await postJSON("/validate", { prompt: workflow });
+    if (!check.valid) return reportProblems(check);
+    const queued = await postJSON("/prompt", {
+      prompt: workflow, client_id: clientId(), extra_data: { extra_pnginfo: { workflow } },
+    });
     editor.randomizeSeeds(randomSeed);
     runView.queued(queued.prompt_id, queued.number);
   } catch (error) {
-    if (error.body?.error?.node_errors) reportIssues(error.body.error.node_errors);
+    if (error.body?.node_errors || error.body?.error?.type) reportProblems(error.body);
     else toast(error.message, "error");
   }
 }
 
-function reportIssues(issues) {
+// A refusal in ComfyUI's shape, {error: {type, message, details}, node_errors: {...}}: on the nodes where it can be.
+function reportProblems({ error, node_errors: nodeErrors }, prefix = "Not queued") {
+  const issues = issuesFrom(nodeErrors);
+  if (!issues.length) {
+    toast(`${prefix}: ${errorText(error) || "the server refused the workflow"}`, "error");
+    return;
+  }
   const general = runView.showIssues(issues);
   const count = issues.length === 1 ? "1 problem" : `${issues.length} problems`;
-  toast(`Not queued: ${count}${general.length < issues.length ? ", shown on the nodes" : ""}`, "error");
+  toast(`${prefix}: ${count}${general.length < issues.length ? ", shown on the nodes" : ""}`, "error");
   for (const message of general) toast(message, "error");
 }
 
@@ -80,9 +92,10 @@ async function interrupt() {
 async function upload(node, input, file) {
   try {
     const stored = await uploadImage(file);
+    const name = stored.subfolder ? `${stored.subfolder}/${stored.name}` : stored.name; // as LoadImage names it
     await refreshInfo();
-    editor.setValue(node.id, input, stored.name);
-    toast(`Uploaded ${stored.name}`);
+    editor.setValue(node.id, input, name);
+    toast(`Uploaded ${name}`);
   } catch (error) {
     toast(`Upload failed: ${error.message}`, "error");
   }
@@ -90,19 +103,36 @@ async function upload(node, input, file) {
 
 // --- files ----------------------------------------------------------------------------------------------------
 
-function open(workflow, source) {
-  try {
-    editor.load(workflow);
-    runView.forget();
-    toast(`Opened ${source}`);
-  } catch (error) {
-    toast(`${source}: ${error.message}`, "error");
+function show(workflow, source) {
+  editor.load(workflow);
+  runView.forget();
+  toast(`Opened ${source}`);
+}
+
+// Any workflow the server reads (ours, ComfyUI's API prompt or its UI file) is converted once, by the server, to
+// ours; candidates are tried in order (a ComfyUI PNG carries its UI graph and its API prompt).
+async function open(candidates, source) {
+  let refusal = null;
+  for (const data of candidates) {
+    try {
+      const converted = await postJSON("/nodegraph/convert", { workflow: data });
+      show(converted.workflow, source);
+      if (Object.keys(converted.node_errors ?? {}).length) reportProblems(converted, `${source} opened with`);
+      return;
+    } catch (error) {
+      if (error.status !== 400) return toast(`${source}: ${error.message}`, "error");
+      refusal ??= error;
+    }
   }
+  const issues = issuesFrom(refusal.body?.node_errors);
+  const detail = issues.length ? issues.map((i) => `${i.node_id}${i.input ? `.${i.input}` : ""}: ${i.message}`).join("; ")
+    : errorText(refusal.body?.error) || refusal.message;
+  toast(`${source} cannot be opened: ${detail}`, "error");
 }
 
 async function openFile(file) {
   try {
-    open(await readWorkflowFile(file), file.name);
+    await open(await readWorkflowFile(file), file.name);
   } catch (error) {
     toast(`${file.name}: ${error.message}`, "error");
   }
@@ -124,13 +154,13 @@ function listenForFiles() {
     if (file) openFile(file);
   });
   $("save-button").addEventListener("click", () => downloadWorkflow(editor.workflow()));
-  $("new-button").addEventListener("click", () => open(EMPTY, "a new workflow"));
+  $("new-button").addEventListener("click", () => show(EMPTY, "a new workflow"));
   $("examples").addEventListener("change", async (event) => {
     const name = event.target.value;
     event.target.value = "";
     if (!name) return;
     try {
-      open(await getJSON(`/workflows/${encodeURIComponent(name)}`), name);
+      await open([await getJSON(`/workflows/${encodeURIComponent(name)}`)], name);
     } catch (error) {
       toast(error.message, "error");
     }

@@ -38,8 +38,9 @@ export function buildNodeElement(node, nodeInfo, hooks) {
   if (nodeInfo?.output_node) el.classList.add("output-node");
 
   const header = div("node-header");
-  const title = div("node-title", node.type);
-  title.title = nodeInfo?.description || "";
+  // ComfyUI's display name (or the title the file gave the node); the type it runs as is in the tooltip.
+  const title = div("node-title", node.title || nodeInfo?.title || node.type);
+  title.title = [node.type, nodeInfo?.description].filter(Boolean).join(": ");
   const remove = document.createElement("button");
   Object.assign(remove, { type: "button", className: "node-delete", textContent: "×", title: "Remove node (Delete)" });
   remove.setAttribute("aria-label", `Remove ${node.id}`);

@@ -1,4 +1,4 @@
-// The node palette: every node type from /object_info by category, with a search box. A click adds the node in
+// The node palette: every node type from /object_info by category, under its display name, with a search box. A click adds the node in
 // view; dragging it drops it where the pointer lets go.
 
 import { socketColor } from "./socket_types.js";
@@ -29,7 +29,10 @@ export class Palette {
       if (!groups.has(category)) groups.set(category, []);
       groups.get(category).push(node);
     }
-    const sections = [...groups.keys()].sort().map((category) => {
+    // ComfyUI's "_for_testing" and other underscored categories come last, as in its menus.
+    const hiddenLast = (category) => (category.startsWith("_") ? 1 : 0);
+    const order = (a, b) => hiddenLast(a) - hiddenLast(b) || a.localeCompare(b);
+    const sections = [...groups.keys()].sort(order).map((category) => {
       const section = document.createElement("section");
       section.className = "palette-group";
       section.dataset.category = category;
@@ -37,7 +40,7 @@ export class Palette {
       const label = category.replaceAll("_", " ").split("/").join(" › ");
       const heading = Object.assign(document.createElement("h3"), { textContent: label });
       section.append(heading);
-      for (const node of groups.get(category).sort((a, b) => a.type.localeCompare(b.type))) {
+      for (const node of groups.get(category).sort((a, b) => a.title.localeCompare(b.title) || a.type.localeCompare(b.type))) {
         section.append(this.item(node));
       }
       return section;
@@ -52,8 +55,8 @@ export class Palette {
     item.dataset.type = node.type;
     item.tabIndex = 0;
     item.setAttribute("role", "button");
-    item.title = node.description || node.type;
-    item.dataset.search = `${node.type} ${node.category} ${node.description}`.toLowerCase();
+    item.title = [node.type, node.description].filter(Boolean).join(": ");
+    item.dataset.search = `${node.title} ${node.type} ${node.category} ${node.description}`.toLowerCase();
     const dots = document.createElement("span");
     dots.className = "palette-dots";
     for (const type of Object.values(node.outputs)) {
@@ -61,20 +64,20 @@ export class Palette {
       dot.style.background = socketColor(type);
       dots.append(dot);
     }
-    item.append(Object.assign(document.createElement("span"), { textContent: node.type }), dots);
+    item.append(Object.assign(document.createElement("span"), { className: "palette-name", textContent: node.title }), dots);
     item.addEventListener("keydown", (event) => event.key === "Enter" && this.hooks.onAdd(node.type));
-    item.addEventListener("pointerdown", (event) => this.press(event, node.type));
+    item.addEventListener("pointerdown", (event) => this.press(event, node.type, node.title));
     return item;
   }
 
-  press(event, type) {
+  press(event, type, title) {
     if (event.button !== 0) return;
     event.preventDefault();
     const [x0, y0] = [event.clientX, event.clientY];
     let ghost = null;
     const move = (e) => {
       if (!ghost && Math.hypot(e.clientX - x0, e.clientY - y0) < DRAG_THRESHOLD) return;
-      ghost ??= document.body.appendChild(Object.assign(document.createElement("div"), { className: "palette-ghost", textContent: type }));
+      ghost ??= document.body.appendChild(Object.assign(document.createElement("div"), { className: "palette-ghost", textContent: title }));
       ghost.style.transform = `translate(${e.clientX + 8}px, ${e.clientY + 8}px)`;
     };
     const up = (e) => {

@@ -1,4 +1,4 @@
-// The workflow a nodegraph PNG carries in its "workflow" text chunk (tEXt; iTXt and zTXt are read too).
+// The workflows a PNG carries in its text chunks (tEXt; iTXt and zTXt are read too): nodegraph's and ComfyUI's.
 
 const SIGNATURE = [137, 80, 78, 71, 13, 10, 26, 10];
 const latin1 = new TextDecoder("latin1");
@@ -40,9 +40,20 @@ export async function pngTextChunks(buffer) {
   return texts;
 }
 
-export async function workflowFromPng(buffer) {
+// The workflows a PNG carries, best first: its "workflow" chunk (ours, or ComfyUI's UI graph with the layout), then
+// ComfyUI's "prompt" chunk (the API form, without positions). The server tells what each one is.
+export async function workflowsFromPng(buffer) {
   const texts = await pngTextChunks(buffer);
-  if ("workflow" in texts) return JSON.parse(texts.workflow);
-  const hint = "prompt" in texts ? " (it is a ComfyUI image: ComfyUI workflows are not supported)" : "";
-  throw new Error(`this PNG carries no nodegraph workflow${hint}`);
+  const found = [];
+  const problems = [];
+  for (const keyword of ["workflow", "prompt"]) {
+    if (!(keyword in texts)) continue;
+    try {
+      found.push(JSON.parse(texts[keyword]));
+    } catch (error) {
+      problems.push(`its "${keyword}" chunk is not JSON (${error.message})`);
+    }
+  }
+  if (!found.length) throw new Error(problems.join("; ") || 'this PNG carries no workflow (no "workflow" or "prompt" text chunk)');
+  return found;
 }

@@ -6,8 +6,10 @@ import { viewUrl } from "./api.js";
 const FINAL_TEXT = { execution_success: "Done", execution_error: "Failed", execution_interrupted: "Stopped" };
 
 export class RunView {
-  constructor(editor, gallery, progressEl, queueSizeEl) {
+  // onGeneralError(message): a failure that belongs to no node on the canvas
+  constructor(editor, gallery, progressEl, queueSizeEl, onGeneralError) {
     this.editor = editor;
+    this.onGeneralError = onGeneralError;
     this.gallery = gallery;
     this.progressEl = progressEl;
     this.queueSizeEl = queueSizeEl;
@@ -26,64 +28,74 @@ export class RunView {
     if (!this.seen.has(promptId)) this.showProgress(null, `Queued #${number}`);
   }
 
-  // --- websocket events -----------------------------------------------------------------------------------------
+  // --- websocket events (ComfyUI's payloads) ---------------------------------------------------------------------
 
   handle({ type, data }) {
     if (data?.prompt_id) this.seen.add(data.prompt_id);
     switch (type) {
       case "status":
-        this.queueSizeEl.textContent = `queue ${data.status?.exec_info?.queue_remaining ?? 0}`;
+        this.queueSizeEl.textContent = `queue ${data?.status?.exec_info?.queue_remaining ?? 0}`;
         break;
       case "execution_start":
         this.startRun();
         this.showProgress(0, "Starting");
         break;
       case "execution_cached":
-        for (const id of data.nodes ?? []) this.setState(id, "cached");
+        for (const id of data.nodes ?? []) this.setState(String(id), "cached");
         break;
       case "executing":
         this.finishRunning("done");
-        if (data.node) {
-          this.running = data.node;
-          this.setState(data.node, "running");
-          this.showProgress(null, `Running ${data.node_type ?? data.node}`);
+        if (data.node != null) {
+          this.running = String(data.display_node ?? data.node); // the node on the canvas that stands for it
+          this.setState(this.running, "running");
+          this.showProgress(null, `Running ${this.nodeName(this.running)}`);
         }
         break;
-      case "progress":
-        this.previewNode = data.node;
-        this.progress.set(data.node, data.step / data.total);
-        this.applyNode(data.node);
-        this.showProgress(data.step / data.total, `${data.node}: step ${data.step}/${data.total}`);
+      case "progress": {
+        const id = String(data.node ?? this.running);
+        const fraction = data.max ? data.value / data.max : 0;
+        this.previewNode = id;
+        this.progress.set(id, fraction);
+        this.applyNode(id);
+        this.showProgress(fraction, `${this.nodeName(id)}: step ${data.value}/${data.max}`);
         break;
-      case "executed":
-        this.setState(data.node, "done");
-        if (data.output?.images?.length) {
-          this.images.set(data.node, data.output.images);
-          this.applyNode(data.node);
-          this.gallery.add(data.output.images);
-        }
+      }
+      case "executed": { // also for output nodes served from the cache, with the images they made then
+        const id = String(data.display_node ?? data.node);
+        if (this.states.get(id) !== "cached") this.setState(id, "done");
+        this.showImages(id, data.output);
         break;
+      }
       case "execution_error":
         this.finishRunning("error");
-        if (data.node_errors?.length) this.showIssues(data.node_errors);
-        else this.setError(data.node, null, data.message);
+        if (data.node_id != null) this.setState(String(data.node_id), "error");
+        this.setError(data.node_id == null ? null : String(data.node_id), null, data.exception_message);
+        if (data.node_id == null || !this.editor.elements.has(String(data.node_id))) this.onGeneralError(data.exception_message);
         this.endRun(type);
         break;
       case "execution_interrupted":
         this.finishRunning("interrupted");
+        if (data.node_id != null) this.setState(String(data.node_id), "interrupted");
         this.endRun(type);
         break;
       case "execution_success":
         this.finishRunning("done");
-        for (const [id, output] of Object.entries(data.outputs ?? {})) {
-          if (!output?.images?.length || this.images.has(id)) continue;
-          this.images.set(id, output.images); // an output node served from the cache still shows its images
-          this.applyNode(id);
-          this.gallery.add(output.images);
-        }
         this.endRun(type);
         break;
     }
+  }
+
+  // The title a node shows, for the progress text.
+  nodeName(id) {
+    const node = this.editor.graph.nodes.get(id);
+    return node ? node.title || this.editor.info[node.type]?.title || node.type : id;
+  }
+
+  showImages(id, output) {
+    if (!output?.images?.length) return;
+    this.images.set(id, output.images);
+    this.applyNode(id);
+    this.gallery.add(output.images);
   }
 
   preview(blob) {
@@ -140,8 +152,8 @@ export class RunView {
 
   // --- errors ---------------------------------------------------------------------------------------------------
 
-  // Records as /validate, /prompt and execution_error give them: {node_id, node_type, input, code, message}.
-  // Returns the messages that belong to no node on the canvas (the workflow as a whole).
+  // Issues as issuesFrom() lists them: {node_id, input, message}. Returns the messages that belong to no node on the
+  // canvas (the workflow as a whole).
   showIssues(issues) {
     const general = [];
     for (const issue of issues) {
@@ -224,4 +236,27 @@ export class RunView {
     }
     el.querySelector(".node-message").textContent = messages.join("\n");
   }
+}
+
+// ComfyUI's node_errors ({id: {errors: [{type, message, details, extra_info: {input_name}}], class_type}}) as one
+// {node_id, input, message} per error, in the order the server gave them.
+export function issuesFrom(nodeErrors) {
+  const issues = [];
+  for (const [id, entry] of Object.entries(nodeErrors ?? {})) {
+    for (const error of entry?.errors ?? []) {
+      issues.push({ node_id: id, input: error.extra_info?.input_name ?? null, message: errorText(error) });
+    }
+  }
+  return issues;
+}
+
+// ComfyUI puts a short title in "message" and the particulars in "details"; both, without saying a thing twice
+// (details that only name the input add nothing where the error is shown on that input).
+export function errorText(error) {
+  const message = String(error?.message ?? "");
+  let details = String(error?.details ?? "");
+  if (details === error?.extra_info?.input_name) details = "";
+  if (!message || !details) return message || details;
+  if (message.includes(details) || details.includes(message)) return message;
+  return `${message}: ${details}`;
 }

@@ -15,7 +15,8 @@ export class ServerSocket {
   }
 
   connect() {
-    const url = new URL(`/ws?client_id=${encodeURIComponent(this.clientId)}`, location.href);
+    // previews=1: the live latent previews come as binary frames (ComfyUI sends them only with --preview-method).
+    const url = new URL(`/ws?clientId=${encodeURIComponent(this.clientId)}&previews=1`, location.href);
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     const ws = new WebSocket(url);
     ws.binaryType = "arraybuffer";

@@ -17,9 +17,9 @@ function numberFrom(text) {
 
 function numberBox(spec, value) {
   const box = element("input", { type: "number", value: value ?? "" });
-  if (spec.min !== undefined && !spec.min_exclusive) box.min = spec.min;
+  if (spec.min !== undefined) box.min = spec.min;
   if (spec.max !== undefined) box.max = Math.min(spec.max, MAX_SAFE_SEED);
-  box.step = spec.multiple_of ?? (spec.type === "INT" ? 1 : floatStep(spec));
+  box.step = spec.step ?? (spec.type === "INT" ? 1 : floatStep(spec));
   return box;
 }
 
@@ -41,10 +41,11 @@ function choiceBox(spec, value) {
   return select;
 }
 
-// Loader nodes that read an image from the input folder get an upload button and a thumbnail.
+// Inputs that name an image in the input folder (ComfyUI marks them image_upload) get an upload button and a
+// thumbnail.
 export function isImageChoice(nodeInfo, name) {
   const spec = nodeInfo?.inputs?.[name];
-  return Boolean(spec?.choices) && name === "name" && Object.values(nodeInfo.outputs ?? {}).includes("IMAGE");
+  return Boolean(spec?.choices && spec.image_upload);
 }
 
 export function createWidget({ name, spec, value, imageChoice, randomize, onInput, onCommit, onUpload, onRandomize }) {
@@ -81,7 +82,7 @@ export function createWidget({ name, spec, value, imageChoice, randomize, onInpu
   const line = element("div", { className: "widget-line" }, [label, control]);
   row.append(line);
 
-  if (isSeed(name, spec)) {
+  if (isSeed(spec)) {
     const toggle = element("input", { type: "checkbox", checked: randomize, className: "randomize" });
     toggle.title = "Draw a new seed each time the workflow is queued";
     toggle.addEventListener("change", () => onRandomize(toggle.checked));

@@ -50,13 +50,25 @@ def image_loaded(locator, timeout=RUN_TIMEOUT_MS) -> int:
 
 
 def test_page_opens_with_the_palette_by_category_and_an_empty_canvas(page, screenshots):
-    groups = dict(page.eval_on_selector_all(
-        ".palette-group", "gs => gs.map(g => [g.dataset.category, [...g.querySelectorAll('.palette-item')].map(i => i.dataset.type)])"))
-    assert groups["loaders"] == ["LoadCheckpoint"] and groups["sampling"] == ["DDPMSample", "KSampler", "KSamplerAdvanced"]
-    assert groups["sampling/custom_sampling"] == ["SamplerCustom"]
-    assert groups["sampling/custom_sampling/schedulers"] == [
-        "BasicScheduler", "ExponentialScheduler", "KarrasScheduler", "SDTurboScheduler"]
-    assert {"SaveImage", "LoadImage", "PreviewImage"} <= set(groups["image"])
+    rows = page.eval_on_selector_all(".palette-group", """gs => gs.map(g => [g.dataset.category,
+        [...g.querySelectorAll('.palette-item')].map(i => [i.dataset.type, i.innerText.trim()])])""")
+    groups = {category: dict(items) for category, items in rows}  # category -> {type: the name shown}
+    # Every node under ComfyUI's display name, sorted by it; ComfyUI's nodes and ours side by side.
+    assert groups["loaders"]["CheckpointLoaderSimple"] == "Load Checkpoint" and "LoadCheckpoint" in groups["loaders"]
+    assert groups["sampling"]["KSamplerAdvanced"] == "KSampler (Advanced)"
+    assert {"DDPMSample", "KSampler"} <= set(groups["sampling"])
+    assert groups["latent"]["ComfyUI.VAEDecode"] == "VAE Decode" and "VAEDecode" in groups["latent"]
+    assert {"BasicScheduler", "ExponentialScheduler", "KarrasScheduler", "SDTurboScheduler"} <= set(
+        groups["sampling/custom_sampling/schedulers"])
+    assert {"SaveImage", "LoadImage", "PreviewImage", "ComfyUI.SaveImage"} <= set(groups["image"])
+    unsorted = page.eval_on_selector_all(".palette-group", """gs => gs.filter(g => {
+        const names = [...g.querySelectorAll('.palette-item')].map(i => i.innerText.trim());
+        return names.some((name, i) => i > 0 && names[i - 1].localeCompare(name) > 0);
+    }).map(g => g.dataset.category)""")
+    assert unsorted == []
+    categories = [category for category, _items in rows]
+    assert categories.index("conditioning") < categories.index("latent") < categories.index("sampling")
+    assert categories[-1].startswith("_")  # ComfyUI's "_for_testing" last, as in its menus
     assert page.locator(".node").count() == 0
     expect(page.locator("#connection")).to_have_attribute("data-state", "open")
 
@@ -70,7 +82,7 @@ def test_page_opens_with_the_palette_by_category_and_an_empty_canvas(page, scree
 
     page.fill("#palette-search", "prompt")
     visible = page.eval_on_selector_all(".palette-item:not([hidden])", "items => items.map(i => i.dataset.type)")
-    assert "CLIPEncode" in visible and "VAEDecode" not in visible
+    assert {"CLIPEncode", "CLIPTextEncode"} <= set(visible) and "VAEDecode" not in visible
     assert page.locator('.palette-group[data-category="latent"]').is_hidden()
 
 
@@ -142,6 +154,42 @@ def test_txt2img_built_from_the_palette_runs_and_shows_its_image(page, server, s
         expect(editor.node(node_id)).to_have_attribute("data-state", "cached")
     expect(editor.node(save)).to_have_attribute("data-state", "done")
 
+    # The gallery is filled from /history after a reload, newest first, as it was before.
+    shown = page.eval_on_selector_all("#gallery-list img", "imgs => imgs.map(i => i.getAttribute('src'))")
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    expect(page.locator("#gallery-list img")).to_have_count(len(shown))
+    assert page.eval_on_selector_all("#gallery-list img", "imgs => imgs.map(i => i.getAttribute('src'))") == shown
+
+
+def test_stop_interrupts_the_running_prompt_and_shows_where_it_stopped(page, tmp_path):
+    editor = Editor(page)
+    flow = txt2img(steps=200, prefix="interrupted")  # long enough to be stopped halfway
+    editor.open_file(write_json(tmp_path / "long.json", flow))
+    expect(editor.node("sample")).to_be_visible()
+    editor.run()
+    expect(editor.node("sample")).to_have_attribute("data-state", "running", timeout=RUN_TIMEOUT_MS)
+    expect(editor.node("sample").locator(".node-progress")).to_have_class(re.compile("visible"), timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#progress .progress-text")).to_contain_text(re.compile(r"step \d+/200"))
+    page.locator("#interrupt-button").click()
+    expect(page.locator("#progress .progress-text")).to_have_text("Stopped", timeout=RUN_TIMEOUT_MS)
+    expect(editor.node("sample")).to_have_attribute("data-state", "interrupted")
+    assert editor.node("save").locator("img.output-image").count() == 0
+    expect(editor.node("decode")).not_to_have_attribute("data-state", "done")
+
+
+def test_a_prompt_served_whole_from_the_cache_still_shows_its_image(page, server, tmp_path):
+    editor = Editor(page)
+    editor.open_file(write_json(tmp_path / "fixed.json", txt2img(prefix="cached")))  # a fixed seed: no randomize
+    expect(editor.node("save")).to_be_visible()
+    finished = len(server.get("/history"))
+    for runs in (1, 2):  # the second time nothing runs: ComfyUI's "executed" of a cached output brings its images
+        editor.run()
+        server.wait_for(lambda: len(server.get("/history")) >= finished + runs)
+        expect(page.locator("#progress .progress-text")).to_have_text("Done", timeout=RUN_TIMEOUT_MS)
+    expect(editor.node("save")).to_have_attribute("data-state", "cached")
+    assert image_loaded(editor.node("save").locator("img.output-image")) == 64
+
 
 def test_a_wrong_type_connection_is_refused(page):
     editor = Editor(page)
@@ -188,7 +236,7 @@ def test_an_invalid_value_shows_its_error_on_the_node_and_nothing_is_queued(page
     editor.set_value("empty", "width", 65)
     editor.run()
     error = editor.node("empty").locator('.widget[data-input="width"] .input-error')
-    expect(error).to_contain_text("multiple of 8")
+    expect(error).to_have_text(re.compile(r"multiple of 8, got 65$"))  # the input names itself: not repeated
     expect(editor.node("empty")).to_have_class(re.compile("has-error"))
     expect(page.locator(".toast-error")).to_contain_text("Not queued: 1 problem")
     assert server.get("/queue") == {"queue_running": [], "queue_pending": []}
@@ -197,6 +245,13 @@ def test_an_invalid_value_shows_its_error_on_the_node_and_nothing_is_queued(page
     editor.set_value("empty", "width", 64)  # the edited input no longer shows the error
     expect(error).to_be_empty()
     expect(editor.node("empty")).not_to_have_class(re.compile("has-error"))
+
+
+def test_a_workflow_without_an_output_node_says_so(page):
+    editor = Editor(page)
+    editor.add_by_click("EmptyLatentImage")
+    editor.run()
+    expect(page.locator(".toast-error")).to_contain_text("Not queued: Prompt has no outputs")
 
 
 def test_a_runtime_error_appears_on_the_node_that_failed(page, editor_env, tmp_path):

@@ -6,6 +6,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import comfyui_workflow_templates
 import pytest
 from aiohttp import WSMsgType
 
@@ -15,6 +16,7 @@ from nodegraph.server import editor as server_module
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 REPO = Path(__file__).resolve().parents[2]
+TEMPLATES = Path(comfyui_workflow_templates.__file__).resolve().parent / "templates"
 
 
 # --- the editor's files ---------------------------------------------------------------------------------------------
@@ -124,15 +126,17 @@ def test_validate_reports_every_problem_without_queueing(sd_env, tmp_path):
         async with serving(sd_env, tmp_path) as client:
             flow = txt2img(size=65)
             flow["nodes"]["sample"]["inputs"]["steps"] = 100_000
-            response = await client.post("/validate", json={"workflow": flow})
+            response = await client.post("/validate", json={"prompt": flow})  # as the editor sends it
             assert response.status == 200
             body = await response.json()
-            assert body["valid"] is False
-            named = {(issue["node_id"], issue["input"]) for issue in body["node_errors"]}
+            assert body["valid"] is False and body["error"]["type"] == "prompt_outputs_failed_validation"
+            named = {(node_id, error["extra_info"].get("input_name")) for node_id, entry in body["node_errors"].items()
+                     for error in entry["errors"]}
             assert {("empty", "width"), ("empty", "height"), ("sample", "steps")} <= named
+            assert body["node_errors"]["empty"]["class_type"] == "EmptyLatent"
             assert await (await client.get("/queue")).json() == {"queue_running": [], "queue_pending": []}
-            good = await (await client.post("/validate", json={"workflow": txt2img()})).json()
-            assert good == {"valid": True, "node_errors": []}
+            good = await (await client.post("/validate", json={"prompt": txt2img()})).json()
+            assert good == {"valid": True, "error": None, "node_errors": {}}
             assert await (await client.get("/history")).json() == {}
     run(scenario())
 
@@ -158,4 +162,101 @@ def test_shutting_down_closes_open_websockets_at_once(env, tmp_path):
             await client.server.close()
             assert (await ws.receive(timeout=5)).type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
             assert time.monotonic() - started < 5
+    run(scenario())
+
+
+# --- converting ComfyUI's files for the editor ----------------------------------------------------------------------
+
+
+def test_convert_turns_comfyuis_ui_file_into_ours_keeping_positions_and_seed_control(env, tmp_path):
+    ui = json.loads((TEMPLATES / "default.json").read_text())
+
+    async def scenario():
+        async with serving(env, tmp_path) as client:
+            response = await client.post("/nodegraph/convert", json={"workflow": ui})
+            assert response.status == 200
+            body = await response.json()
+            assert body["format"] == "ui"
+            native = body["workflow"]
+            assert native["version"] == 1
+            assert {node_id: entry["type"] for node_id, entry in native["nodes"].items()} == {
+                "3": "KSampler", "4": "CheckpointLoaderSimple", "5": "EmptyLatentImage", "6": "CLIPTextEncode",
+                "7": "CLIPTextEncode", "8": "ComfyUI.VAEDecode", "9": "ComfyUI.SaveImage"}
+            assert {node_id: entry["pos"] for node_id, entry in native["ui"]["nodes"].items()} == {
+                str(node["id"]): node["pos"] for node in ui["nodes"]}
+            assert native["ui"]["nodes"]["3"]["randomize"] == ["seed"]
+            assert native["nodes"]["3"]["inputs"]["seed"] == ui["nodes"][3]["widgets_values"][0]
+            # The editor's API prompt answer is the same graph: a native file converts to itself.
+            again = await (await client.post("/nodegraph/convert", json={"workflow": native})).json()
+            assert again == {"workflow": native, "format": "native"}
+    run(scenario())
+
+
+def test_convert_reads_a_version_1_ui_file_as_its_version_0_4_twin(env, tmp_path):
+    """Litegraph's schema 1 keeps links as objects; the same graph converts to the same workflow."""
+    old = json.loads((TEMPLATES / "default.json").read_text())
+    new = {**old, "version": 1, "state": {"lastNodeId": 9, "lastLinkId": 9, "lastGroupId": 0, "lastRerouteId": 0},
+           "links": [{"id": link_id, "origin_id": origin, "origin_slot": origin_slot, "target_id": target,
+                      "target_slot": target_slot, "type": kind}
+                     for link_id, origin, origin_slot, target, target_slot, kind in old["links"]]}
+
+    async def scenario():
+        async with serving(env, tmp_path) as client:
+            from_old = await (await client.post("/nodegraph/convert", json={"workflow": old})).json()
+            from_new = await (await client.post("/nodegraph/convert", json={"workflow": new})).json()
+            assert from_new == from_old and from_new["format"] == "ui"
+    run(scenario())
+
+
+def test_convert_takes_an_api_prompt(env, tmp_path):
+    prompt = {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+              "2": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["1", 0], "upscale_method": "nearest-exact",
+                                                                "scale_by": 2.0}}}
+
+    async def scenario():
+        async with serving(env, tmp_path) as client:
+            body = await (await client.post("/nodegraph/convert", json={"workflow": prompt})).json()
+            assert body["format"] == "api"
+            nodes = body["workflow"]["nodes"]
+            assert nodes["2"]["type"] == "LatentUpscaleBy" and nodes["2"]["inputs"]["scale_by"] == 2.0
+            assert nodes["2"]["inputs"]["samples"][0] == "1"  # a link by output name, to node "1"
+    run(scenario())
+
+
+def test_convert_opens_the_rest_of_a_ui_file_and_names_the_node_whose_type_is_missing(env, tmp_path):
+    ui = json.loads((TEMPLATES / "default.json").read_text())
+    ui["nodes"].append({"id": 42, "type": "FancyUpscaler", "pos": [1700, 200], "mode": 0, "inputs": [],
+                        "outputs": [], "widgets_values": [2]})
+
+    async def scenario():
+        async with serving(env, tmp_path) as client:
+            response = await client.post("/nodegraph/convert", json={"workflow": ui})
+            assert response.status == 200
+            body = await response.json()
+            assert "42" not in body["workflow"]["nodes"] and len(body["workflow"]["nodes"]) == 7
+            entry = body["node_errors"]["42"]
+            assert entry["class_type"] == "FancyUpscaler" and entry["errors"][0]["type"] == "missing_node_type"
+            assert "FancyUpscaler" in entry["errors"][0]["message"]
+    run(scenario())
+
+
+def test_convert_refuses_what_is_no_workflow_in_comfyuis_error_shape(env, tmp_path):
+    async def scenario():
+        async with serving(env, tmp_path) as client:
+            for body in ({"workflow": "a string"}, {"workflow": [1, 2]}, {}):
+                response = await client.post("/nodegraph/convert", json=body)
+                assert response.status == 400, body
+                error = (await response.json())["error"]
+                assert {"type", "message"} <= set(error) and "workflow" in error["message"]
+    run(scenario())
+
+
+def test_convert_is_origin_checked_and_body_limited(env, tmp_path):
+    async def scenario():
+        async with serving(env, tmp_path) as client:
+            response = await client.post("/nodegraph/convert", json={"workflow": {}},
+                                         headers={"Origin": "https://evil.example"})
+            assert response.status == 403
+            huge = {"workflow": {"1": {"class_type": "Note", "inputs": {"text": "x" * (3 * 2**20)}}}}
+            assert (await client.post("/nodegraph/convert", json=huge)).status == 413
     run(scenario())
