@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nodegraph.executor import (ExecutionError, ExecutionInterrupted, Executed, Executing, Executor, Interrupted,
-                                NodeFailed, Progress, RunResult)
+                                NodeFailed, NodeWarning, Progress, RunResult)
 from nodegraph.extra_model_paths import ExtraModelFolder, ModelPathsError, missing_folders, read_extra_model_paths
 from nodegraph.nodes import Environment, NodeRegistry, builtin_registry
 from nodegraph.workflow import InvalidWorkflow, WorkflowIssue, apply_overrides, read_workflow_and_ui
@@ -172,6 +172,9 @@ class Console:
         self.bars: dict[str, tqdm] = {}
 
     def __call__(self, event) -> None:
+        if isinstance(event, NodeWarning):  # shown even with --quiet: the picture may not be what was asked for
+            tqdm.write(f"warning: node {event.node_id!r} ({event.node_type}): {event.message}", file=sys.stderr)
+            return
         if self.quiet:
             return
         if isinstance(event, Executing):

@@ -27,7 +27,8 @@ from nodegraph.formats import validate_workflow
 from nodegraph.nodes import UI_KEY, Environment, Interrupted, NodeRegistry, RunContext, builtin_registry
 from nodegraph.workflow import PlannedNode, ValidWorkflow
 
-__all__ = ["Executor", "RunResult", "NodeFailed", "Interrupted", "OutputCache", "estimate_bytes", "Event"]
+__all__ = ["Executor", "RunResult", "NodeFailed", "Interrupted", "OutputCache", "estimate_bytes", "Event",
+           "NodeWarning"]
 
 DEFAULT_CACHE_BUDGET = 8 * 2**30  # bytes; an SD 1.x checkpoint is ~2 GiB in bf16/fp16 and ~4 GiB in fp32
 
@@ -72,6 +73,14 @@ class Progress(Event):
     step: int = 0
     total: int = 0
     preview: Any = None  # a small PIL RGB image of the work in progress, or None
+
+
+@dataclass(frozen=True)
+class NodeWarning(Event):
+    type: ClassVar[str] = "warning"
+    node_id: str = ""
+    node_type: str = ""
+    message: str = ""  # e.g. LoRA keys that match nothing, an embedding that is not there
 
 
 @dataclass(frozen=True)
@@ -328,8 +337,11 @@ class Executor:
         def report(step: int, total: int, preview: Any) -> None:
             emit(Progress(run_id, node_id=node.id, step=step, total=total, preview=preview))
 
+        def warn(message: str) -> None:
+            emit(NodeWarning(run_id, node_id=node.id, node_type=node_type, message=str(message)))
+
         ctx = RunContext(self.env, node.id, valid.source, prompt=valid.prompt, extra_pnginfo=extra_pnginfo,
-                         report=report, interrupt_flag=self._interrupt)
+                         report=report, warn=warn, interrupt_flag=self._interrupt)
         try:
             outputs = node.node_class().run(ctx, **inputs)
             expected = set(node.node_class.OUTPUTS)

@@ -271,3 +271,20 @@ def test_output_cache_keeps_within_budget_and_forgets_least_recently_used_first(
     assert cache.total_bytes == 900
     assert cache.put("huge", {"x": torch.zeros(2000, dtype=torch.uint8)}) is False
     assert "huge" not in cache and cache.total_bytes == 900
+
+
+def test_a_warning_from_a_node_reaches_the_listener_and_the_run_goes_on(env):
+    from nodegraph.nodes import NodeRegistry
+
+    class Warns(Node):
+        OUTPUT_NODE = True
+
+        def run(self, ctx):
+            ctx.warn("2 keys matched nothing")
+            return {"ui": {"done": True}}
+
+    events = []
+    result = Executor(env, NodeRegistry([Warns])).run(workflow(w=node("Warns")), on_event=events.append)
+    warnings = [event for event in events if event.type == "warning"]
+    assert [(w.node_id, w.node_type, w.message) for w in warnings] == [("w", "Warns", "2 keys matched nothing")]
+    assert result.outputs == {"w": {"done": True}}

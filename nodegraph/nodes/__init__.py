@@ -103,6 +103,7 @@ class RunContext:
     prompt: dict = field(default_factory=dict)  # the same in ComfyUI's API format (ComfyUI's SaveImage embeds it)
     extra_pnginfo: dict | None = None  # ComfyUI's extra_data.extra_pnginfo: more PNG text chunks, e.g. "workflow"
     report: Callable[[int, int, Any], None] = lambda step, total, preview: None
+    warn: Callable[[str], None] = lambda message: None  # something the user should see that does not stop the run
     interrupt_flag: threading.Event = field(default_factory=threading.Event)
 
     def check_interrupt(self) -> None:

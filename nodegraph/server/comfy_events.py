@@ -15,11 +15,12 @@ import time
 from dataclasses import dataclass
 
 from nodegraph.executor import (Event, Executed, Executing, ExecutionCached, ExecutionError, ExecutionInterrupted,
-                                ExecutionStart, ExecutionSuccess, Progress)
+                                ExecutionStart, ExecutionSuccess, NodeWarning, Progress)
 from nodegraph.workflow import InvalidWorkflow, ValidWorkflow
 
 PREVIEW_IMAGE, JPEG_FORMAT = 1, 1  # binary frames: 4-byte big-endian event type, 4-byte image format, image bytes
-RECORDED = {"execution_start", "execution_cached", "execution_success", "execution_error", "execution_interrupted"}
+RECORDED = {"execution_start", "execution_cached", "execution_success", "execution_error", "execution_interrupted",
+            "warning"}
 ENDS = {"execution_success", "execution_error", "execution_interrupted"}
 
 
@@ -123,6 +124,9 @@ class PromptEvents:
             return sent + [self._record("execution_success", {"prompt_id": prompt_id}, final=True)]
         if isinstance(event, ExecutionError):
             return [self._error(event.node_id, event.message, event.traceback)]
+        if isinstance(event, NodeWarning):  # ours (ComfyUI only logs these): kept in the history's messages too
+            return [self._record("warning", {"prompt_id": prompt_id, "node": event.node_id,
+                                             "node_type": self.class_type(event.node_id), "message": event.message})]
         if isinstance(event, ExecutionInterrupted):
             return [self._record("execution_interrupted", {
                 "prompt_id": prompt_id, "node_id": event.node_id, "node_type": self.class_type(event.node_id),
