@@ -129,14 +129,15 @@ def run_command(args: argparse.Namespace) -> int:
     # ComfyUI's SaveImage embeds the UI workflow it is given here, as ComfyUI's frontend passes it along.
     extra_data = {"extra_pnginfo": {"workflow": ui_workflow}} if ui_workflow is not None else None
 
-    console = Console(quiet=args.quiet)
+    console = Console(quiet=args.quiet, type_names=file_type_names(valid))
     try:
         result = executor.run(valid, on_event=console, extra_data=extra_data)
     except NodeFailed as error:
         console.close()
         if args.traceback:
             print(error.traceback, file=sys.stderr, end="")
-        print(f"error: node {error.node_id!r} ({error.node_type}) failed: {error.message}", file=sys.stderr)
+        node_type = console.type_names.get(error.node_id, error.node_type)
+        print(f"error: node {error.node_id!r} ({node_type}) failed: {error.message}", file=sys.stderr)
         return EXIT_NODE_FAILED
     except (Interrupted, KeyboardInterrupt):
         console.close()
@@ -164,21 +165,32 @@ def written_images(result: RunResult, env: Environment) -> list[Path]:
     return paths
 
 
+def file_type_names(valid) -> dict[str, str]:
+    """Each node's type as the workflow file names it: ComfyUI's class_type in its formats, ours in native files."""
+    if valid.format == "native":
+        return {node_id: node.node_class.TYPE for node_id, node in valid.nodes.items()}
+    return {node_id: node.node_class.COMFY_TYPE or node.node_class.TYPE for node_id, node in valid.nodes.items()}
+
+
 class Console:
     """The CLI's event listener: a line per node that runs, a tqdm bar per sampler run, on stderr."""
 
-    def __init__(self, quiet: bool = False):
+    def __init__(self, quiet: bool = False, type_names: dict[str, str] | None = None):
         self.quiet = quiet
+        self.type_names = type_names or {}  # node id -> its type as the file names it (ComfyUI's class_type there)
         self.bars: dict[str, tqdm] = {}
+
+    def _type(self, event) -> str:
+        return self.type_names.get(event.node_id, event.node_type)
 
     def __call__(self, event) -> None:
         if isinstance(event, NodeWarning):  # shown even with --quiet: the picture may not be what was asked for
-            tqdm.write(f"warning: node {event.node_id!r} ({event.node_type}): {event.message}", file=sys.stderr)
+            tqdm.write(f"warning: node {event.node_id!r} ({self._type(event)}): {event.message}", file=sys.stderr)
             return
         if self.quiet:
             return
         if isinstance(event, Executing):
-            tqdm.write(f"{event.node_id} ({event.node_type})", file=sys.stderr)
+            tqdm.write(f"{event.node_id} ({self._type(event)})", file=sys.stderr)
         elif isinstance(event, Progress):
             bar = self.bars.get(event.node_id)
             if bar is None:

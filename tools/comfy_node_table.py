@@ -45,8 +45,11 @@ def comfy_node_table(registry: NodeRegistry | None = None) -> str:
             outputs = (outputs + ", " if outputs else "") + "output node"
         lines.append(f"| `{node.COMFY_TYPE}` | {node.DISPLAY_NAME} | {inputs} | {outputs or 'none'} | "
                      f"{_native_note(node, registry)} |")
-    ours = ", ".join(f"`{node.TYPE}`" for node in registry if node.NATIVE)
-    lines += ["", f"Our own node types (native files; {ours}) are listed by /object_info?namespace=native."]
+    ours = sorted(node.TYPE for node in registry if node.NATIVE)
+    also_comfy = ", ".join(f"`{name}`" for name in ours if registry.get(name).COMFY_TYPE is not None)
+    lines += ["", f"Our own node types, for native files: {', '.join(f'`{name}`' for name in ours)}. Those whose "
+              f"names ComfyUI does not use ({also_comfy}) work in API prompts too. "
+              "`GET /object_info?namespace=native` describes them all."]
     return "\n".join(lines)
 
 
