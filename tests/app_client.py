@@ -11,6 +11,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
 from nodegraph.server import ServerConfig, create_app
+from nodegraph.server.state import STATE
+from nodegraph.store import Store
 
 
 @contextlib.asynccontextmanager
@@ -81,3 +83,24 @@ async def refused(response, status: int, fragment: str):
     body = await response.json()
     assert fragment in body["error"]["message"], body
     return body
+
+
+def store_of(client) -> Store:
+    return client.server.app[STATE].store
+
+
+async def wait_for_history(client, prompt_id: str, timeout: float = 60) -> dict:
+    """Poll /history/{id} as ComfyUI's polling clients do, until the prompt has finished."""
+    for _ in range(int(timeout / 0.1)):
+        history = await (await client.get(f"/history/{prompt_id}")).json()
+        if prompt_id in history:
+            return history[prompt_id]
+        await asyncio.sleep(0.1)
+    raise TimeoutError(prompt_id)
+
+
+async def until_progress(ws) -> None:
+    while True:
+        message = await ws.receive(timeout=60)
+        if message.type == WSMsgType.TEXT and json.loads(message.data)["type"] == "progress":
+            return
