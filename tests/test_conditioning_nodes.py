@@ -11,7 +11,7 @@ from PIL import Image
 from engine_fixtures import env, sd_env  # noqa: F401
 from engine_fixtures import CHECKPOINT_NAME, all_files, node, txt2img, with_ksampler, workflow
 from nodegraph.executor import Executor, NodeFailed
-from nodegraph.nodes import builtin_registry
+from nodegraph.nodes import RunContext, builtin_registry
 from nodegraph.sd import load_checkpoint
 from nodegraph.sd.conditioning import Area, AreaFraction, Cond
 
@@ -37,7 +37,7 @@ CONDITIONING_NODES = {  # class_type: (display name, category, [(input, default,
                              ("set_cond_area", "default", None, None)]),
     "ConditioningZeroOut": ("ConditioningZeroOut", "advanced/conditioning", [("conditioning",) + (None,) * 3]),
 }
-CTX = None  # the conditioning nodes use nothing of their RunContext
+CTX = None  # the conditioning nodes use nothing of their RunContext (the prompt encoders do)
 
 
 def comfy(class_type: str):
@@ -67,9 +67,10 @@ def sd(tiny_checkpoint):
     return load_checkpoint(tiny_checkpoint, device="cpu", dtype=torch.float32)
 
 
-def test_clip_text_encode_and_clip_encode_give_the_same_one_cond(sd):
-    (ours,) = builtin_registry().get("CLIPEncode")().run(CTX, clip=sd, text="a red circle")["conditioning"]
-    (theirs,) = comfy("CLIPTextEncode").run(CTX, text="a red circle", clip=sd)["CONDITIONING"]
+def test_clip_text_encode_and_clip_encode_give_the_same_one_cond(sd, env):
+    ctx = RunContext(env, "encode", {})  # the prompt encoders look for embeddings in the env's folders
+    (ours,) = builtin_registry().get("CLIPEncode")().run(ctx, clip=sd, text="a red circle")["conditioning"]
+    (theirs,) = comfy("CLIPTextEncode").run(ctx, text="a red circle", clip=sd)["CONDITIONING"]
     assert torch.equal(ours.context, sd.encode_prompt(["a red circle"])) and torch.equal(theirs.context, ours.context)
     assert ours.is_everywhere and theirs.is_everywhere and ours.strength == 1.0
 

@@ -1,15 +1,18 @@
-"""Conditioning nodes: prompts to CONDITIONING, and ComfyUI's nodes that combine, blend, place and mask it.
+"""Conditioning nodes: prompts to CONDITIONING (in ComfyUI's prompt syntax: nodegraph.sd.prompt), clip skip, and
+ComfyUI's nodes that combine, blend, place and mask conditioning.
 
 CONDITIONING is a tuple of `nodegraph.sd.conditioning.Cond`. ComfyUI's nodes keep ComfyUI's class names, inputs
 (names, order, defaults, bounds) and outputs; what each does lives in nodegraph/sd/conditioning.py. The sampler
 honours every Cond's area, mask and strength (nodegraph/sd/sampling/regions.py).
 """
 
+import dataclasses
 from typing import Literal
 
 from pydantic import Field
 
 from nodegraph.nodes import Link, Node, NodeInputs, RunContext
+from nodegraph.nodes.embedding_files import embedding_lookup, embeddings_fingerprint, missing_embedding_warning
 from nodegraph.sd import conditioning as cond
 
 MAX_RESOLUTION = 16384  # ComfyUI's bound on sizes in pixels
@@ -18,32 +21,68 @@ MAX_RESOLUTION = 16384  # ComfyUI's bound on sizes in pixels
 PIXEL_STEP = {"step": 8}
 
 
+PROMPT_SYNTAX = ("ComfyUI's syntax: (text) x1.1 per level, (text:1.3), \\( \\) literal, embedding:name; "
+                 "longer than 75 tokens: more chunks of 77")
+
+
+def encode_prompt_text(ctx: RunContext, clip, text: str) -> cond.Conditioning:
+    """The one prompt encoder behind CLIPEncode and CLIPTextEncode: embeddings from the env's embeddings folders,
+    missing ones warned about (and left out, as ComfyUI does)."""
+    embedding = embedding_lookup(ctx.env, clip.text_encoder.config.width)
+    return cond.encode_text(clip, text, embedding, missing_embedding_warning(ctx.env, ctx.warn))
+
+
 class CLIPEncode(Node):
     NATIVE = True
     CATEGORY = "conditioning"
-    DESCRIPTION = "Encode a prompt with the checkpoint's CLIP text encoder (77 tokens; longer prompts are cut)."
+    DESCRIPTION = f"Encode a prompt with the checkpoint's CLIP text encoder ({PROMPT_SYNTAX})."
     OUTPUTS = {"conditioning": "CONDITIONING"}
 
     class Inputs(NodeInputs):
         clip: Link["CLIP"] = Field(description="the text encoder, from LoadCheckpoint")
         text: str = Field("", description="the prompt", json_schema_extra={"multiline": True})
 
+    @classmethod
+    def fingerprint(cls, env, constants):
+        return embeddings_fingerprint(env, constants.get("text"))
+
     def run(self, ctx: RunContext, clip, text):
-        return {"conditioning": cond.encode_text(clip, text)}
+        return {"conditioning": encode_prompt_text(ctx, clip, text)}
 
 
 class CLIPTextEncode(Node):
     DISPLAY_NAME = "CLIP Text Encode (Prompt)"
     CATEGORY = "conditioning"
-    DESCRIPTION = "ComfyUI's prompt encoder: a prompt as conditioning over the whole picture (as CLIPEncode)."
+    DESCRIPTION = f"ComfyUI's prompt encoder: a prompt as conditioning over the whole picture ({PROMPT_SYNTAX})."
     OUTPUTS = {"CONDITIONING": "CONDITIONING"}
 
     class Inputs(NodeInputs):
         text: str = Field(description="the prompt", json_schema_extra={"multiline": True})
         clip: Link["CLIP"] = Field(description="the text encoder, from a checkpoint loader")
 
+    @classmethod
+    def fingerprint(cls, env, constants):
+        return embeddings_fingerprint(env, constants.get("text"))
+
     def run(self, ctx: RunContext, text, clip):
-        return {"CONDITIONING": cond.encode_text(clip, text)}
+        return {"CONDITIONING": encode_prompt_text(ctx, clip, text)}
+
+
+class CLIPSetLastLayer(Node):
+    DISPLAY_NAME = "CLIP Set Last Layer"
+    CATEGORY = "conditioning"
+    DESCRIPTION = ("Clip skip: prompts are read from an earlier layer of the text encoder (-1: the last, -2: the one "
+                   "before, A1111's clip skip 2), with the final layer norm applied to it.")
+    OUTPUTS = {"CLIP": "CLIP"}
+
+    class Inputs(NodeInputs):
+        clip: Link["CLIP"] = Field(description="the text encoder")
+        stop_at_clip_layer: int = Field(-1, ge=-24, le=-1, description="the layer to read prompts from, counted "
+                                                                         "from the end")
+
+    def run(self, ctx: RunContext, clip, stop_at_clip_layer):
+        clip.text_encoder.layer_index(stop_at_clip_layer)  # a layer beyond the encoder's depth fails here, by name
+        return {"CLIP": dataclasses.replace(clip, clip_layer=stop_at_clip_layer)}
 
 
 class ConditioningCombine(Node):
@@ -164,5 +203,5 @@ class ConditioningZeroOut(Node):
         return {"CONDITIONING": cond.zero_out(conditioning)}
 
 
-NODES = [CLIPEncode, CLIPTextEncode, ConditioningCombine, ConditioningAverage, ConditioningConcat, ConditioningSetArea,
-         ConditioningSetAreaPercentage, ConditioningSetMask, ConditioningZeroOut]
+NODES = [CLIPEncode, CLIPTextEncode, CLIPSetLastLayer, ConditioningCombine, ConditioningAverage, ConditioningConcat,
+         ConditioningSetArea, ConditioningSetAreaPercentage, ConditioningSetMask, ConditioningZeroOut]

@@ -50,11 +50,15 @@ class StableDiffusion:
     dtype: torch.dtype
     latent_scale: float = LATENT_SCALE
     schedule: DiscreteSchedule = field(default_factory=DiscreteSchedule)  # the noise schedule the UNet was trained on
+    # The text encoder's layer prompts are read from (ComfyUI's stop_at_clip_layer, CLIPSetLastLayer): -1 the last,
+    # -2 the one before (A1111's "clip skip 2"); the final layer norm is applied to it either way.
+    clip_layer: int = -1
 
     @torch.no_grad()
     def encode_prompt(self, texts: list[str]) -> torch.Tensor:
-        """Tokenize and encode prompts -> float32 CPU conditioning [B,77,C]."""
-        return self.text_encoder(self.tokenizer(texts).to(self.device)).float().cpu()
+        """Tokenize and encode plain prompts (no weights, embeddings or chunks; cut at 75 tokens) -> float32 CPU
+        conditioning [B,77,C], from `clip_layer`. nodegraph.sd.prompt reads ComfyUI's prompt syntax."""
+        return self.text_encoder(self.tokenizer(texts).to(self.device), layer=self.clip_layer).float().cpu()
 
 
 class TensorFile:

@@ -109,18 +109,43 @@ class TextModel(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """ids [B,T] -> final-layer-norm hidden states [B,T,width]."""
+    """ids [B,T] -> final-layer-norm hidden states [B,T,width]; `layer` -n takes hidden layer -n instead of the last
+    (CLIP skip), with the final layer norm applied to it, as ComfyUI's CLIPSetLastLayer and A1111 do."""
 
     def __init__(self, config: TextEncoderConfig):
         super().__init__()
         self.config = config
         self.text_model = TextModel(config)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        return self.from_embeddings(self.token_embeddings(ids), layer)[0]
+
+    def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        """The input vectors of token ids [B,T] -> [B,T,width], in the weights' dtype, before positions are added:
+        where a textual-inversion embedding puts its own vectors."""
+        embedding = self.text_model.embeddings.token_embedding
+        return embedding(ids.to(embedding.weight.device))
+
+    def from_embeddings(self, tokens: torch.Tensor, layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input vectors [B,T,width] -> (hidden layer `layer`, the last layer), both after the final layer norm.
+
+        The last layer is always computed: ComfyUI's pooled output comes from it whatever the CLIP skip."""
         model = self.text_model
-        ids = ids.to(model.embeddings.token_embedding.weight.device)
-        positions = torch.arange(ids.shape[1], device=ids.device)
-        x = model.embeddings.token_embedding(ids) + model.embeddings.position_embedding(positions)
-        for layer in model.encoder.layers:
-            x = layer(x)
-        return model.final_layer_norm(x)
+        chosen = self.layer_index(layer)
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = tokens + model.embeddings.position_embedding(positions)
+        hidden = None
+        for index, block in enumerate(model.encoder.layers):
+            x = block(x)
+            if index == chosen:
+                hidden = x
+        last = model.final_layer_norm(x)
+        return (last if hidden is x else model.final_layer_norm(hidden)), last
+
+    def layer_index(self, layer: int) -> int:
+        """The index in encoder.layers of CLIP-skip layer `layer` (-1: the last; -n: n - 1 layers skipped)."""
+        depth = len(self.text_model.encoder.layers)
+        if not isinstance(layer, int) or not -depth <= layer <= -1:
+            raise ValueError(f"clip layer {layer} does not exist: this text encoder has {depth} layers, so the last "
+                             f"layer to stop at goes from -1 (the last) to -{depth}")
+        return depth + layer

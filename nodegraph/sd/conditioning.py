@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import prompt
+
 log = logging.getLogger(__name__)
 
 
@@ -92,10 +94,12 @@ def as_conditioning(value, what: str = "conditioning") -> Conditioning:
     raise TypeError(f"{what} must be a CONDITIONING (a tuple of Cond) or a context tensor, got {type(value).__name__}")
 
 
-def encode_text(sd, text: str) -> Conditioning:
-    """A prompt as CONDITIONING: one Cond over the whole latent (CLIPTextEncode). The pooled output stays None
-    until a model family needs it (SDXL)."""
-    return (Cond(context=sd.encode_prompt([text])),)
+def encode_text(sd, text: str, embedding=None, warn=log.warning) -> Conditioning:
+    """A prompt in ComfyUI's syntax (weights, `embedding:name`, any length: nodegraph.sd.prompt) as CONDITIONING:
+    one Cond over the whole latent, context [1, 77k, C] and ComfyUI's pooled output (CLIPTextEncode).
+    `embedding(name)` gives an embedding's vectors or None; `warn` hears of missing ones."""
+    context, pooled = prompt.encode_prompt(sd, text, embedding, warn)
+    return (Cond(context=context, pooled=pooled),)
 
 
 # --- ComfyUI's conditioning nodes --------------------------------------------------------------------------------

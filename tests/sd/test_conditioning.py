@@ -29,13 +29,10 @@ def test_what_is_not_conditioning_is_refused_by_name():
         cond.as_conditioning((), "positive")
 
 
-def test_encode_text_wraps_the_models_encoding_in_one_cond():
-    class Model:
-        def encode_prompt(self, texts):
-            return torch.full((len(texts), 77, 8), float(len(texts[0])))
-
-    (encoded,) = cond.encode_text(Model(), "four")
-    assert torch.equal(encoded.context, torch.full((1, 77, 8), 4.0)) and encoded.is_everywhere
+def test_encode_text_wraps_the_models_encoding_in_one_cond(sd):
+    (encoded,) = cond.encode_text(sd, "four")
+    torch.testing.assert_close(encoded.context, sd.encode_prompt(["four"]), rtol=0, atol=1e-6)
+    assert encoded.is_everywhere and encoded.pooled.shape == (1, encoded.context.shape[2])
 
 
 def test_combine_keeps_both_lists_in_order():

@@ -1,0 +1,247 @@
+r"""ComfyUI's prompt syntax and long prompts, as ComfyUI's CLIPTextEncode reads them (comfy/sd1_clip.py).
+
+Weights. `(text)` multiplies the weight of what it holds by 1.1, once per level of nesting; `(text:1.3)` sets it to
+1.3, whatever the outer levels say; a group's number applies to the group it closes, so `((a))` is 1.21,
+`((a:1.5))` 1.5 and `((a):1.5)` 1.5 * 1.1 = 1.65. `\(` and `\)` are literal parentheses; `[text]` is plain text
+(brackets and all). When any weight is not 1, a weighted token's encoding is moved away from the empty prompt's
+encoding at the same position: z_empty + (z - z_empty) * weight.
+
+Embeddings. `embedding:name` (at the start of a weighted piece or after whitespace) stands for the vectors of a
+textual-inversion embedding, one token slot each, weighted like the text around it. The name ends at whitespace, `<`
+or `[`; commas after it are text. A missing embedding is left out, with a warning.
+
+Long prompts. Each weighted piece (and each embedding) is a group of tokens. Chunks are BOS + up to 75 tokens +
+EOS, padded with EOS to 77. A group that does not fit in what is left of a chunk is cut there if it has 8 tokens or
+more; a shorter one starts the next chunk. Chunks are encoded separately and joined on the token axis: a prompt's
+context is [1, 77k, C]. The pooled output is the last layer's state at the first EOS of the first chunk, unweighted.
+"""
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .tokenizer import BOS, EOS
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_PREFIX = "embedding:"
+BIG_GROUP = 8  # groups of at least this many tokens may be cut at a chunk's end (ComfyUI's max_word_length)
+NESTING_FACTOR = 1.1
+# Escaped parentheses hide from the weight parser as private-use characters, and come back as plain ones after it.
+ESCAPES = {"\\(": "\ue000", "\\)": "\ue001"}
+# "embedding:" starts an embedding only at the start of a piece or after whitespace ("a,embedding:x" is text).
+EMBEDDING_START = re.compile(r"(?<=\s)" + re.escape(EMBEDDING_PREFIX))
+NAME_END = re.compile(r"[<\[]")
+
+Token = int | torch.Tensor  # a token id, or one vector of an embedding
+Chunk = list[tuple[Token, float]]  # a chunk's 77 positions: (token, weight)
+EmbeddingLookup = Callable[[str], torch.Tensor | None]  # name as written -> vectors [n, C] (or [C]); None: missing
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A stretch of prompt text with one weight: plain text, or an `embedding:` reference (text without the prefix)."""
+
+    text: str
+    weight: float
+    is_embedding: bool = False
+
+
+# --- reading the syntax ---------------------------------------------------------------------------------------
+
+
+def top_level_groups(text: str) -> list[str]:
+    """The text split into plain runs and whole top-level `(...)` groups. As ComfyUI splits it: an unclosed `(` runs
+    to the end as plain text, and a stray `)` leaves what follows unsplit."""
+    groups, current, depth = [], "", 0
+    for char in text:
+        if char == "(" and depth == 0 and current:
+            groups.append(current)
+            current = ""
+        current += char
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                groups.append(current)
+                current = ""
+    if current:
+        groups.append(current)
+    return groups
+
+
+def weighted_texts(text: str, weight: float = 1.0) -> list[tuple[str, float]]:
+    """(text, weight) runs of a prompt whose escapes are already hidden: ComfyUI's nesting and `:number` rules."""
+    runs = []
+    for group in top_level_groups(text):
+        if not (len(group) >= 2 and group[0] == "(" and group[-1] == ")"):
+            runs.append((group, weight))
+            continue
+        inner, inner_weight = group[1:-1], weight * NESTING_FACTOR
+        colon = inner.rfind(":")
+        if colon > 0:  # "(text:1.3)"; a colon not followed by a number ("(a:b)") is text
+            try:
+                inner_weight = float(inner[colon + 1:])
+                inner = inner[:colon]
+            except ValueError:
+                pass
+        runs += weighted_texts(inner, inner_weight)
+    return runs
+
+
+def pieces(text: str) -> list[Piece]:
+    """A prompt as weighted pieces of text and embedding references, in order."""
+    for escape, hidden in ESCAPES.items():
+        text = text.replace(escape, hidden)
+    result = []
+    for run, weight in weighted_texts(text):
+        for escape, hidden in ESCAPES.items():
+            run = run.replace(hidden, escape[1])
+        for index, part in enumerate(EMBEDDING_START.split(run)):
+            if index > 0 or part.startswith(EMBEDDING_PREFIX):
+                result.append(Piece(part[len(EMBEDDING_PREFIX):] if index == 0 else part, weight, True))
+            elif part:
+                result.append(Piece(part, weight))
+    return result
+
+
+def split_reference(reference: str) -> tuple[str, str]:
+    """`name rest of text` (after "embedding:") -> (name, the text after it). The name ends at whitespace, `<` or
+    `[`; the rest is rejoined with single spaces, as ComfyUI does."""
+    words = reference.strip("\n").split()
+    if not words:
+        return "", ""
+    name, rest = words[0], " ".join(words[1:])
+    cut = NAME_END.search(name)
+    if cut:
+        rest = name[cut.start():] + (" " + rest if rest else "")
+        name = name[:cut.start()]
+    return name, rest
+
+
+def embedding_names(text: str) -> list[str]:
+    """Every embedding name a prompt may look up (also the comma-stripped form tried when the name itself is
+    missing): what a cache must watch."""
+    names = []
+    for piece in pieces(text):
+        if piece.is_embedding:
+            name, _ = split_reference(piece.text)
+            names += [name] + ([name.strip(",")] if name.strip(",") != name else [])
+    return [name for name in dict.fromkeys(names) if name]
+
+
+# --- tokens and chunks ----------------------------------------------------------------------------------------
+
+
+def find_embedding(name: str, embedding: EmbeddingLookup | None) -> tuple[torch.Tensor | None, str]:
+    """(vectors or None, text given back to the prompt). A name missing as written is tried without its commas,
+    which are then text again: "embedding:x, red" reads x and ", red" (found or not, as ComfyUI does)."""
+    lookup = embedding if embedding is not None else (lambda _: None)
+    found = lookup(name) if name else None
+    stripped = name.strip(",")
+    if found is None and stripped != name:
+        return (lookup(stripped) if stripped else None), name[len(name.rstrip(",")):]
+    return found, ""
+
+
+def token_groups(tokenizer, text: str, embedding: EmbeddingLookup | None = None, width: int | None = None,
+                 warn: Callable[[str], None] = log.warning) -> list[list[tuple[Token, float]]]:
+    """The prompt's groups of (token, weight): one per weighted piece of text, one per embedding."""
+    groups = []
+    for piece in pieces(text):
+        words = piece.text
+        if piece.is_embedding:
+            name, rest = split_reference(piece.text)
+            vectors, commas = find_embedding(name, embedding)
+            if vectors is None:
+                warn(f"embedding:{name} does not exist: it is left out of the prompt, as ComfyUI does" if name else
+                     "'embedding:' is not followed by a name: it is left out of the prompt")
+            else:
+                vectors = vectors.reshape(-1, vectors.shape[-1])
+                if width is not None and vectors.shape[1] != width:
+                    raise ValueError(f"embedding:{name} has {vectors.shape[1]}-wide vectors, but this text encoder "
+                                     f"takes {width}: it was trained for another model family")
+                groups.append([(vector, piece.weight) for vector in vectors])
+            words = " ".join(part for part in (commas, rest) if part)
+            if not words:
+                continue
+        groups.append([(token, piece.weight) for token in tokenizer.tokens(words)])
+    return groups
+
+
+def chunks_of(groups: list[list[tuple[Token, float]]], length: int = 77) -> list[Chunk]:
+    """Groups laid out in chunks of BOS + tokens + EOS, EOS-padded to `length` (see the module's doc)."""
+    limit = length - 1  # a chunk's positions before its closing EOS
+    chunks, chunk = [], [(BOS, 1.0)]
+
+    def close(chunk: Chunk) -> None:
+        chunks.append(chunk + [(EOS, 1.0)] * (length - len(chunk)))
+
+    for group in groups:
+        may_cut = len(group) >= BIG_GROUP
+        while group:
+            room = limit - len(chunk)
+            if len(group) <= room:
+                chunk, group = chunk + group, []
+                continue
+            if may_cut:
+                chunk, group = chunk + group[:room], group[room:]
+            close(chunk)
+            chunk = [(BOS, 1.0)]
+    close(chunk)
+    return chunks
+
+
+def tokenize(tokenizer, text: str, embedding: EmbeddingLookup | None = None, width: int | None = None,
+             warn: Callable[[str], None] = log.warning) -> list[Chunk]:
+    """A prompt in ComfyUI's syntax -> its chunks, each `tokenizer.context_length` (token, weight) pairs."""
+    return chunks_of(token_groups(tokenizer, text, embedding, width, warn), tokenizer.context_length)
+
+
+# --- encoding -------------------------------------------------------------------------------------------------
+
+
+def input_vectors(text_encoder, chunks: list[Chunk]) -> torch.Tensor:
+    """The text encoder's input vectors [k, 77, C] of the chunks: token embeddings, with embeddings' vectors in
+    their slots."""
+    ids = torch.tensor([[token if isinstance(token, int) else EOS for token, _ in chunk] for chunk in chunks])
+    vectors = text_encoder.token_embeddings(ids)
+    for row, chunk in enumerate(chunks):
+        for position, (token, _) in enumerate(chunk):
+            if not isinstance(token, int):
+                vectors[row, position] = token.to(vectors)
+    return vectors
+
+
+@torch.no_grad()
+def encode(text_encoder, chunks: list[Chunk], layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunks -> (context [1, 77k, C], pooled [1, C]), float32 on the CPU, from hidden layer `layer`.
+
+    The chunks (and the empty prompt, when any weight is not 1) go through the encoder as one batch."""
+    weighted = any(weight != 1.0 for chunk in chunks for _, weight in chunk)
+    rows = chunks + ([[(BOS, 1.0)] + [(EOS, 1.0)] * (len(chunks[0]) - 1)] if weighted else [])
+    states, last = text_encoder.from_embeddings(input_vectors(text_encoder, rows), layer)
+    context = states[:len(chunks)].float()
+    if weighted:
+        empty = states[-1].float()
+        weights = torch.tensor([[weight for _, weight in chunk] for chunk in chunks], device=context.device)[..., None]
+        # only weighted positions change: at weight 1 the formula would still round differently
+        context = torch.where(weights != 1.0, (context - empty) * weights + empty, context)
+    first_eos = next(i for i, (token, _) in enumerate(chunks[0]) if isinstance(token, int) and token == EOS)
+    pooled = last[0:1, first_eos].float()
+    return context.reshape(1, -1, context.shape[-1]).cpu(), pooled.cpu()
+
+
+def encode_prompt(sd, text: str, embedding: EmbeddingLookup | None = None,
+                  warn: Callable[[str], None] = log.warning) -> tuple[torch.Tensor, torch.Tensor]:
+    """A prompt in ComfyUI's syntax, encoded by a loaded checkpoint's text encoder at its `clip_layer`:
+    (context [1, 77k, C], pooled [1, C]), float32 CPU. `embedding` finds embeddings by name (None: there are none);
+    `warn` hears of the missing ones."""
+    text_encoder = sd.text_encoder
+    text_encoder.layer_index(sd.clip_layer)  # a bad layer fails before any work
+    chunks = tokenize(sd.tokenizer, text, embedding, text_encoder.config.width, warn)
+    return encode(text_encoder, chunks, sd.clip_layer)
