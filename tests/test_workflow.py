@@ -49,6 +49,8 @@ def test_the_shipped_workflows_are_valid(valid_env):
     for name in ("txt2img.json", "img2img.json"):
         valid = executor.validate(read_workflow_file(WORKFLOWS / name))
         assert valid.output_nodes == ["save"]
+    comfy = executor.validate(read_workflow_file(WORKFLOWS / "comfyui_api_txt2img.json"))  # what ComfyUI's clients post
+    assert (comfy.format, comfy.output_nodes) == ("api", ["9"])
 
 
 def test_unknown_node_type(valid_env):
