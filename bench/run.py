@@ -5,7 +5,8 @@
     python -m bench.run --repeats 5 unet
 
 Sections: unet, vae (decode and text encoding), bigvae, load, executor, txt2img (DDPM and dpmpp_2m karras), samplers
-(each sampler's cost per step beyond its UNet calls, with a stand-in UNet that costs nothing).
+(each sampler's cost per step beyond its UNet calls, with a stand-in UNet that costs nothing), lora (applying a rank-32
+LoRA and changing its strength, against diffusers' load_lora_weights + fuse_lora: bench/lora.py).
 
 Runs alternate (ours, theirs, ours, ...) so drift in machine speed hits both alike. Prints a table (median and
 spread = max - min) and writes bench/results/<section>.json.
@@ -415,7 +416,7 @@ def bench_samplers(repeats: int, size: int = 512, steps: int = 20, scheduler: st
                       "hold_ms": hold_ms, "unet_at_once": instant, "unet_holds": held})
 
 
-SECTIONS = ["unet", "vae", "bigvae", "load", "executor", "txt2img", "samplers"]
+SECTIONS = ["unet", "vae", "bigvae", "load", "executor", "txt2img", "samplers", "lora"]
 
 
 def main() -> None:
@@ -423,6 +424,9 @@ def main() -> None:
         return load_worker(sys.argv[2], sys.argv[3])
     if len(sys.argv) >= 2 and sys.argv[1] == "--big-decode-worker":
         return big_decode_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    if len(sys.argv) >= 2 and sys.argv[1] == "--lora-worker":
+        from bench.lora import lora_worker
+        return lora_worker(*sys.argv[2:6])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sections", nargs="*", choices=SECTIONS + [[]], default=[])
     parser.add_argument("--repeats", type=int, default=3)
@@ -447,6 +451,9 @@ def main() -> None:
         bench_txt2img(path, max(1, args.repeats // 3))
     if "samplers" in sections:
         bench_samplers(args.repeats)
+    if "lora" in sections:
+        from bench.lora import bench_lora
+        bench_lora(path, max(1, args.repeats // 2))
 
 
 if __name__ == "__main__":
