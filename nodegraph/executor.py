@@ -151,42 +151,66 @@ def node_signature(node: PlannedNode, upstream: dict[str, str], env: Environment
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
-def estimate_bytes(value: Any, _seen: set | None = None, _depth: int = 0) -> int:
-    """Rough memory held by a node's outputs: tensor data, module parameters and buffers, containers summed.
+def tensor_blocks(value: Any, _seen: set | None = None, _depth: int = 0, _out: dict | None = None) -> dict[Any, int]:
+    """The memory blocks a node's outputs hold, as {block key: bytes}: tensor storages, module parameters and buffers,
+    containers walked. Two outputs holding the same tensor (a LoRA'd model shares every unpatched weight with its
+    checkpoint) name the same block, so the cache counts it once.
 
-    Duck-typed so the executor needs no torch import; each object is counted once however often it is referenced
+    Duck-typed so the executor needs no torch import; each object is visited once however often it is referenced
     (LoadCheckpoint hands out one model under three names).
     """
     seen = set() if _seen is None else _seen
+    out = {} if _out is None else _out
     if id(value) in seen or _depth > 8 or value is None or isinstance(value, (bool, int, float)):
-        return 0
+        return out
     seen.add(id(value))
     if callable(getattr(value, "element_size", None)) and callable(getattr(value, "numel", None)):
-        return value.numel() * value.element_size()
-    if callable(getattr(value, "parameters", None)) and callable(getattr(value, "buffers", None)):
-        tensors = [*value.parameters(), *value.buffers()]
-        return sum(estimate_bytes(t, seen, _depth + 1) for t in tensors)
-    if isinstance(value, (str, bytes, bytearray)):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(estimate_bytes(v, seen, _depth + 1) for v in value.values())
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return sum(estimate_bytes(v, seen, _depth + 1) for v in value)
-    if isinstance(getattr(value, "nbytes", None), int):
-        return value.nbytes
-    if hasattr(value, "getbands") and hasattr(value, "size"):  # a PIL image
-        return value.size[0] * value.size[1] * len(value.getbands())
-    if hasattr(value, "__dict__"):  # e.g. the loaded checkpoint: a plain object holding modules
-        return sum(estimate_bytes(v, seen, _depth + 1) for v in vars(value).values())
-    return 0
+        out[_storage_key(value)] = value.numel() * value.element_size()
+    elif callable(getattr(value, "parameters", None)) and callable(getattr(value, "buffers", None)):
+        for tensor in [*value.parameters(), *value.buffers()]:
+            tensor_blocks(tensor, seen, _depth + 1, out)
+    elif isinstance(value, (str, bytes, bytearray)):
+        out[id(value)] = len(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            tensor_blocks(item, seen, _depth + 1, out)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            tensor_blocks(item, seen, _depth + 1, out)
+    elif isinstance(getattr(value, "nbytes", None), int):
+        out[id(value)] = value.nbytes
+    elif hasattr(value, "getbands") and hasattr(value, "size"):  # a PIL image
+        out[id(value)] = value.size[0] * value.size[1] * len(value.getbands())
+    elif hasattr(value, "__dict__"):  # e.g. the loaded checkpoint: a plain object holding modules
+        for item in vars(value).values():
+            tensor_blocks(item, seen, _depth + 1, out)
+    return out
+
+
+def _storage_key(tensor) -> Any:
+    """Tensors that view one storage share a key; opaque ones (oneDNN-packed weights) are keyed by themselves."""
+    try:
+        return ("storage", tensor.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return ("tensor", id(tensor))
+
+
+def estimate_bytes(value: Any) -> int:
+    """Rough memory held by a node's outputs (each block counted once)."""
+    return sum(tensor_blocks(value).values())
 
 
 class OutputCache:
-    """Node outputs by signature, least recently used evicted first once the total passes `budget_bytes`."""
+    """Node outputs by signature, least recently used evicted first once the total passes `budget_bytes`.
+
+    The total counts each memory block once, however many entries hold it: a LoRA'd model adds only its patched
+    weights to the checkpoint it was made from. An entry's blocks stay referenced (and counted) as long as it is kept.
+    """
 
     def __init__(self, budget_bytes: int):
         self.budget_bytes = budget_bytes
-        self._entries: OrderedDict[str, tuple[dict, int]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[dict, list]] = OrderedDict()  # signature -> (outputs, block keys)
+        self._blocks: dict[Any, list[int]] = {}  # block key -> [bytes, entries holding it]
         self.total_bytes = 0
 
     def __contains__(self, signature: str) -> bool:
@@ -205,23 +229,33 @@ class OutputCache:
     def put(self, signature: str, outputs: dict) -> bool:
         """Keep `outputs`, evicting the least recently used; False if they alone exceed the budget (not kept)."""
         self.discard(signature)
-        size = estimate_bytes(outputs)
-        if size > self.budget_bytes:
+        blocks = tensor_blocks(outputs)
+        if sum(blocks.values()) > self.budget_bytes:
             return False
-        self._entries[signature] = (outputs, size)
-        self.total_bytes += size
-        while self.total_bytes > self.budget_bytes:
-            _, (_, evicted_size) = self._entries.popitem(last=False)
-            self.total_bytes -= evicted_size
+        for key, size in blocks.items():
+            held = self._blocks.setdefault(key, [size, 0])
+            if held[1] == 0:
+                self.total_bytes += size
+            held[1] += 1
+        self._entries[signature] = (outputs, list(blocks))
+        while self.total_bytes > self.budget_bytes and len(self._entries) > 1:
+            self.discard(next(iter(self._entries)))
         return True
 
     def discard(self, signature: str) -> None:
         entry = self._entries.pop(signature, None)
-        if entry is not None:
-            self.total_bytes -= entry[1]
+        if entry is None:
+            return
+        for key in entry[1]:
+            held = self._blocks[key]
+            held[1] -= 1
+            if held[1] == 0:
+                self.total_bytes -= held[0]
+                del self._blocks[key]
 
     def clear(self) -> None:
         self._entries.clear()
+        self._blocks.clear()
         self.total_bytes = 0
 
 

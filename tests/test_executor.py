@@ -288,3 +288,16 @@ def test_a_warning_from_a_node_reaches_the_listener_and_the_run_goes_on(env):
     warnings = [event for event in events if event.type == "warning"]
     assert [(w.node_id, w.node_type, w.message) for w in warnings] == [("w", "Warns", "2 keys matched nothing")]
     assert result.outputs == {"w": {"done": True}}
+
+
+def test_the_cache_counts_a_tensor_shared_by_two_entries_once():
+    cache = OutputCache(budget_bytes=1000)
+    base = torch.zeros(200, dtype=torch.uint8)
+    patched_view = {"kept": base, "patched": torch.zeros(100, dtype=torch.uint8)}  # as a LoRA'd model holds its base
+    cache.put("checkpoint", {"model": base})
+    cache.put("lora", {"model": patched_view})
+    assert cache.total_bytes == 300
+    cache.discard("checkpoint")
+    assert cache.total_bytes == 300 and "lora" in cache  # still held by the view
+    cache.discard("lora")
+    assert cache.total_bytes == 0
