@@ -258,9 +258,12 @@ def finished(store: Store, count: int) -> list[str]:
 
 
 def test_history_pages_like_comfyuis_and_can_be_deleted_or_cleared(env, tmp_path):
+    store = Store(tmp_path / "data" / "nodegraph.sqlite3")  # written before the server starts: its worker takes none
+    ids = finished(store, 4)
+    store.close()
+
     async def scenario():
         async with serving(env, tmp_path) as client:
-            ids = finished(store_of(client), 4)
             assert list(await (await client.get("/history")).json()) == ids  # in the order they finished
             assert list(await (await client.get("/history", params={"max_items": "2"})).json()) == ids[2:]
             assert list(await (await client.get("/history", params={"max_items": "2", "offset": "1"})).json()) == ids[1:3]
