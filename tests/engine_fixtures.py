@@ -144,10 +144,19 @@ def workflow(**nodes) -> dict:
 @pytest.fixture
 def env(tmp_path) -> Environment:
     """Empty folders of its own for every test; models on the CPU in fp32 so results do not depend on the machine."""
+    return folders_env(tmp_path)
+
+
+def folders_env(root: Path, checkpoint: Path | None = None) -> Environment:
+    """Empty models/checkpoints, input, output and temp folders under `root` (with `checkpoint` installed as
+    CHECKPOINT_NAME when given), models on the CPU in fp32."""
     for name in ("models/checkpoints", "input", "output", "temp"):
-        (tmp_path / name).mkdir(parents=True)
-    return Environment(models_dir=tmp_path / "models", input_dir=tmp_path / "input", output_dir=tmp_path / "output",
-                       temp_dir=tmp_path / "temp", device="cpu", dtype="fp32")
+        (root / name).mkdir(parents=True)
+    env = Environment(models_dir=root / "models", input_dir=root / "input", output_dir=root / "output",
+                      temp_dir=root / "temp", device="cpu", dtype="fp32")
+    if checkpoint is not None:
+        install_checkpoint(checkpoint, env)
+    return env
 
 
 @pytest.fixture

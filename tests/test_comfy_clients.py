@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from app_client import api_prompt
-from engine_fixtures import install_checkpoint
+from engine_fixtures import folders_env
 from live_server import ServerProcess
 from nodegraph.nodes import Environment
 
@@ -24,13 +24,7 @@ pytestmark = pytest.mark.slow  # a server process, shared by the tests of this m
 
 @pytest.fixture(scope="module")
 def sd_env(tmp_path_factory, tiny_checkpoint) -> Environment:
-    root = tmp_path_factory.mktemp("comfy_clients")
-    for name in ("models/checkpoints", "input", "output", "temp"):
-        (root / name).mkdir(parents=True)
-    env = Environment(models_dir=root / "models", input_dir=root / "input", output_dir=root / "output",
-                      temp_dir=root / "temp", device="cpu", dtype="fp32")
-    install_checkpoint(tiny_checkpoint, env)
-    return env
+    return folders_env(tmp_path_factory.mktemp("comfy_clients"), tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")

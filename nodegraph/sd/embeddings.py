@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .tensorfile import FormatError, SafetensorsReader
+from .tensorfile import read_pickle_weights_only, read_safetensors_whole
 
 PICKLE_SUFFIXES = (".pt", ".bin", ".ckpt", ".pth")
 # The keys that hold the vectors in a file of several tensors, in the order they are looked for.
@@ -48,21 +48,11 @@ def read_embedding(path: str | Path, width: int | None = None, allow_pickle: boo
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        reader = SafetensorsReader(path)
-        return {key: reader.read(key) for key in reader.entries}
-    except (FormatError, OSError) as error:
-        raise EmbeddingError(path, f"not a readable .safetensors file: {error}") from error
+    return read_safetensors_whole(path, EmbeddingError)
 
 
 def _read_pickle(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    if not allow_pickle:
-        raise EmbeddingError(path, f"'{path.suffix}' files are Python pickles, which can run code when loaded; "
-                                   "convert it to .safetensors, or allow pickled models (--allow-pickled-models)")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many kinds for a corrupt or hostile file
-        raise EmbeddingError(path, f"cannot read as a weights-only torch file: {error}") from error
+    data = read_pickle_weights_only(path, allow_pickle, EmbeddingError)
     if isinstance(data, torch.Tensor):
         return {"": data}
     if not isinstance(data, dict):

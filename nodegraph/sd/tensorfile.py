@@ -7,7 +7,9 @@ weights. Here each tensor is read in chunks into its final, converted storage: t
 """
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -94,3 +96,25 @@ class SafetensorsReader:
                 values = torch.frombuffer(chunk, dtype=stored, count=count * row_elements)
                 rows[first:first + count].copy_(values.view((count,) + tuple(rows.shape[1:])))
             return out
+
+
+def read_safetensors_whole(path: Path, fail: Callable[[Path, str], Exception]) -> dict[str, torch.Tensor]:
+    """Every tensor of a small .safetensors file (a LoRA, an embedding), as stored; `fail(path, problem)` makes the
+    caller's own error for a file that cannot be read."""
+    try:
+        reader = SafetensorsReader(path)
+        return {key: reader.read(key) for key in reader.entries}
+    except (FormatError, OSError) as error:
+        raise fail(path, f"not a readable .safetensors file: {error}") from error
+
+
+def read_pickle_weights_only(path: Path, allow_pickle: bool, fail: Callable[[Path, str], Exception]) -> Any:
+    """What a pickled torch file holds, read with torch's weights_only loader, and only when the user allowed
+    pickles: unpickling a file can run code."""
+    if not allow_pickle:
+        raise fail(path, f"'{path.suffix}' files are Python pickles, which can run code when loaded; convert it to "
+                         ".safetensors, or allow pickled models (--allow-pickled-models, weights_only loading)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for a corrupt or hostile pickle
+        raise fail(path, f"cannot read as a weights-only torch file: {error}") from error

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_fixtures import install_checkpoint
+from engine_fixtures import folders_env
 from live_server import ServerProcess
 from nodegraph.nodes import Environment
 
@@ -51,13 +51,7 @@ def browser():
 
 @pytest.fixture(scope="session")
 def editor_env(tmp_path_factory, tiny_checkpoint) -> Environment:
-    root = tmp_path_factory.mktemp("editor")
-    for name in ("models/checkpoints", "input", "output", "temp"):
-        (root / name).mkdir(parents=True)
-    env = Environment(models_dir=root / "models", input_dir=root / "input", output_dir=root / "output",
-                      temp_dir=root / "temp", device="cpu", dtype="fp32")
-    install_checkpoint(tiny_checkpoint, env)
-    return env
+    return folders_env(tmp_path_factory.mktemp("editor"), tiny_checkpoint)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..tensorfile import FormatError, SafetensorsReader
+from ..tensorfile import read_pickle_weights_only, read_safetensors_whole
 
 SAFETENSORS_SUFFIXES = {".safetensors", ".sft"}
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
@@ -44,21 +44,11 @@ def read_lora_file(path: str | Path, allow_pickle: bool = False) -> dict[str, to
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        reader = SafetensorsReader(path)
-        return {key: reader.read(key) for key in reader.entries}
-    except (FormatError, OSError) as error:
-        raise LoraError(path, f"not a readable .safetensors file: {error}") from error
+    return read_safetensors_whole(path, LoraError)
 
 
 def _read_pickle(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    if not allow_pickle:
-        raise LoraError(path, f"'{path.suffix}' files are Python pickles, which can run code when loaded; convert it "
-                              "to .safetensors, or opt in to pickled models (weights_only loading)")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many kinds for a corrupt or hostile pickle
-        raise LoraError(path, f"cannot read as a weights-only torch file: {error}") from error
+    data = read_pickle_weights_only(path, allow_pickle, LoraError)
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
