@@ -4,17 +4,16 @@ mis-scales per-module alphas, see REFERENCE.md; test_lora_formats.py checks thos
 files. The UNet, the text encoder and a whole txt2img run agree."""
 
 import dataclasses
-import math
 import os
 import warnings
 
-import numpy as np
 import pytest
 import torch
 
 import lora_files as lf
 from nodegraph.sd import load_checkpoint, sample
 from nodegraph.sd.lora import match_lora, patch_module, read_lora_file
+from parity import psnr, relative_error, sd_scheduler, to_uint8
 from reference import reference_models, reference_tokenizer
 
 try:
@@ -28,25 +27,6 @@ PROMPT, NEGATIVE = "a red circle on a white background", "blurry"
 HEIGHT, WIDTH = 48, 64
 STRENGTH = 0.7
 TOLERANCE = 1e-5
-
-
-def sd_scheduler():
-    from diffusers import DDPMScheduler
-    return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                         steps_offset=1, timestep_spacing="leading")
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    return ((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual.double() - expected.double()).norm() / expected.double().norm())
 
 
 FORMATS = {

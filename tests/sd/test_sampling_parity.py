@@ -1,6 +1,5 @@
 """DDPM sampling against diffusers' StableDiffusionPipeline / Img2ImgPipeline on the same file, seed and scheduler."""
 
-import math
 
 import numpy as np
 import pytest
@@ -8,26 +7,11 @@ import torch
 
 from nodegraph.sd import load_checkpoint, sample
 from nodegraph.sd.ddpm import kept_timesteps, leading_timesteps
+from parity import psnr, sd_scheduler, to_uint8
 from reference import reference_models, reference_tokenizer
 
 PROMPT, NEGATIVE = "a red circle on a white background", "blurry"
 HEIGHT, WIDTH = 48, 64  # non-square, latent 6x8
-
-
-def sd_scheduler():
-    from diffusers import DDPMScheduler
-    return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                         steps_offset=1, timestep_spacing="leading")
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """diffusers' postprocessing: [-1,1] -> [0,255], as HWC uint8."""
-    return ((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 @pytest.fixture(scope="module")
