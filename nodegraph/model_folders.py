@@ -53,9 +53,13 @@ SAFE_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")  # ComfyUI's others; .pkl and .pt2 are never read here
 
 # Models that ship with the package, by kind and name: offered beside the user's files (which win on a name clash).
-PACKAGED_FOLDER = Path(__file__).resolve().parent / "checkpoints"
+# The demo checkpoint (tools/train_demo.py), and a LoRA and an embedding trained on it (tools/train_demo_lora.py,
+# tools/train_demo_embedding.py), each in the package folder of its kind.
+PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGED_MODELS: dict[str, dict[str, Path]] = {
-    "checkpoints": {"demo-shapes.safetensors": PACKAGED_FOLDER / "demo-shapes.safetensors"},
+    kind: {name: PACKAGE_DIR / kind / name for name in names}
+    for kind, names in {"checkpoints": ["demo-shapes.safetensors"], "loras": ["demo-ring.safetensors"],
+                        "embeddings": ["demo-sunset.safetensors"]}.items()
 }
 METADATA_MAX_HEADER_BYTES = 16 * 2**20  # /view_metadata reads no bigger header than this
 

@@ -109,9 +109,10 @@ def test_model_folders_embeddings_and_safetensors_metadata(sd_env, tmp_path):
             kinds = await (await client.get("/models")).json()
             assert {"checkpoints", "loras", "vae", "embeddings", "upscale_models", "controlnet"} <= set(kinds)
             assert "tiny.safetensors" in await (await client.get("/models/checkpoints")).json()
-            assert await (await client.get("/models/loras")).json() == ["plain.safetensors", "style.safetensors"]
+            assert await (await client.get("/models/loras")).json() == [  # the packaged demo LoRA too
+                "demo-ring.safetensors", "plain.safetensors", "style.safetensors"]
             await refused(await client.get("/models/passwords"), 404, "passwords")
-            assert await (await client.get("/embeddings")).json() == ["sub/easy-negative"]
+            assert await (await client.get("/embeddings")).json() == ["demo-sunset", "sub/easy-negative"]
             metadata = await client.get("/view_metadata/loras", params={"filename": "style.safetensors"})
             assert await metadata.json() == {"ss_network_dim": "8"}  # the header alone: its tensor bytes are garbage
             await refused(await client.get("/view_metadata/loras", params={"filename": "plain.safetensors"}), 404, "")

@@ -16,6 +16,7 @@ from nodegraph.nodes import Environment
 from nodegraph.paths import UnsafePath
 
 DEMO = "demo-shapes.safetensors"
+DEMO_LORA, DEMO_EMBEDDING = "demo-ring.safetensors", "demo-sunset"  # also packaged, offered beside the user's
 
 
 def touch(path: Path, content: bytes = b"") -> Path:
@@ -86,17 +87,18 @@ def test_safetensors_in_subfolders_are_offered_sorted_but_not_pickles_or_hidden_
     for name in ("b.safetensors", "sd15/a.safetensors", "c.sft", "old.ckpt", "x.pt", "x.bin", ".hidden.safetensors",
                  ".cache/d.safetensors", "notes.txt"):
         touch(models / "loras" / name)
-    assert list_models(Environment(models_dir=models), "loras") == ["b.safetensors", "c.sft", "sd15/a.safetensors"]
+    assert list_models(Environment(models_dir=models), "loras") == ["b.safetensors", "c.sft", DEMO_LORA,
+                                                                 "sd15/a.safetensors"]
 
 
 def test_pickled_models_are_offered_only_when_allowed(models):
     touch(models / "loras" / "old.ckpt")
     touch(models / "loras" / "new.safetensors")
-    assert list_models(Environment(models_dir=models), "loras") == ["new.safetensors"]
+    assert list_models(Environment(models_dir=models), "loras") == [DEMO_LORA, "new.safetensors"]
     with pytest.raises(FileNotFoundError, match="not offered"):
         model_path(Environment(models_dir=models), "loras", "old.ckpt")
     allowed = Environment(models_dir=models, allow_pickled_models=True)
-    assert list_models(allowed, "loras") == ["new.safetensors", "old.ckpt"]
+    assert list_models(allowed, "loras") == [DEMO_LORA, "new.safetensors", "old.ckpt"]
     assert model_path(allowed, "loras", "old.ckpt") == models / "loras" / "old.ckpt"
 
 
@@ -129,7 +131,7 @@ def test_broken_links_and_link_loops_are_skipped(models, tmp_path):
     touch(folder / "real.safetensors")
     os.symlink(tmp_path / "missing.safetensors", folder / "broken.safetensors")
     os.symlink(folder, folder / "loop")  # a link to its own folder: walked once, not forever
-    assert list_models(Environment(models_dir=models), "loras") == ["real.safetensors"]
+    assert list_models(Environment(models_dir=models), "loras") == [DEMO_LORA, "real.safetensors"]
 
 
 def test_the_packaged_demo_checkpoint_is_offered_and_a_users_file_of_that_name_wins(models):
@@ -196,9 +198,9 @@ def test_an_a1111_tree_is_read_through_its_own_folder_names(models, tmp_path):
     env = env_with(models, write_yaml(tmp_path / "config" / "extra_model_paths.yaml", A1111_YAML))
     assert model_roots(env, "loras") == [models / "loras", webui / "models" / "Lora", webui / "models" / "LyCORIS"]
     assert list_models(env, "checkpoints") == [DEMO, "v1-5.safetensors"]
-    assert list_models(env, "loras") == ["loha.safetensors", "style.safetensors"]
+    assert list_models(env, "loras") == [DEMO_LORA, "loha.safetensors", "style.safetensors"]
     assert list_models(env, "vae") == ["vae-ft-mse.safetensors"]
-    assert embedding_names(env) == ["easynegative"]
+    assert embedding_names(env) == [DEMO_EMBEDDING, "easynegative"]
     assert model_path(env, "checkpoints", "v1-5.safetensors") == webui / "models/Stable-diffusion/v1-5.safetensors"
 
 

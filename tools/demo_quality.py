@@ -1,5 +1,6 @@
 """How well the demo checkpoint draws what its prompts say: tests/test_demo.py's classifier and its 24 prompts, as a
-module that the test, tools/sampler_survey.py and tools/sampler_grid.py share.
+module that the test, tools/sampler_survey.py and tools/sampler_grid.py share. It also sees what the demo LoRA and
+the demo embedding teach (tests/test_demo_lora.py): rings, and the sunset.
 
     from tools.demo_quality import classify, generate, score   # from the repository root
 """
@@ -34,7 +35,8 @@ def prompt_text(colour: str, shape: str, background: str) -> str:
 
 def classify(image: np.ndarray) -> dict:
     """Background: nearest named colour to the border's median. Foreground: pixels far from it. Colour: the median
-    hue of the saturated foreground. Shape: how much of its bounding box the foreground fills (square ~1,
+    hue of the saturated foreground. Shape: a ring where the middle of the foreground's bounding box is empty and
+    foreground lies on all four sides of it; else how much of its bounding box the foreground fills (square ~1,
     circle ~0.79, triangle ~0.5)."""
     pixels = image.astype(np.float32)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
@@ -55,17 +57,46 @@ def classify(image: np.ndarray) -> dict:
     left, right = np.percentile(xs, [1, 99])
     box = foreground[int(top):int(bottom) + 1, int(left):int(right) + 1]
     fill = box.mean()
-    result["shape"] = "square" if fill > 0.9 else "circle" if fill > 0.66 else "triangle"
+    result["shape"] = ("ring" if has_hole(box) else "square" if fill > 0.9 else "circle" if fill > 0.66
+                       else "triangle")
     return result
 
 
+def centre(foreground: np.ndarray) -> tuple[float, float]:
+    """Where the foreground is: its mean (x, y), as fractions of the picture's width and height."""
+    ys, xs = np.nonzero(foreground)
+    return float(xs.mean() / foreground.shape[1]), float(ys.mean() / foreground.shape[0])
+
+
+def sees_sunset(seen: dict) -> bool:
+    """Whether a classified picture shows what `embedding:demo-sunset` stands for (tools/train_demo_embedding.py):
+    an orange circle low in the picture (its centre below 60% of the height) on a black background."""
+    low = seen["foreground"].sum() >= 16 and centre(seen["foreground"])[1] > 0.6
+    return (seen["colour"], seen["shape"], seen["background"]) == ("orange", "circle", "black") and low
+
+
+def has_hole(box: np.ndarray) -> bool:
+    """Whether a bounding box of foreground [h, w] is empty in its middle and closed around it: foreground to the
+    left, right, top and bottom of the middle (a triangle's and a circle's middles are full)."""
+    height, width = box.shape
+    if min(height, width) < 6:
+        return False
+    cy, cx = height // 2, width // 2
+    r = max(1, round(min(height, width) * 0.12))
+    middle = box[cy - r:cy + r + 1, cx - r:cx + r + 1]
+    row, column = box[cy], box[:, cx]
+    return middle.mean() < 0.25 and all(side.any() for side in (row[:cx], row[cx:], column[:cy], column[cy:]))
+
+
 def draw(colour_rgb, shape, background_rgb, size=64) -> np.ndarray:
-    """A centred shape as the classifier's reference (and an img2img starting picture)."""
+    """A centred shape (or ring) as the classifier's reference (and an img2img starting picture)."""
     image = Image.new("RGB", (size, size), background_rgb)
     box = (size * 0.27, size * 0.27, size * 0.73, size * 0.73)
     canvas = ImageDraw.Draw(image)
-    if shape == "circle":
+    if shape in ("circle", "ring"):
         canvas.ellipse(box, fill=colour_rgb)
+        if shape == "ring":  # a hole of half the diameter, as the demo LoRA learnt rings
+            canvas.ellipse((size * 0.385, size * 0.385, size * 0.615, size * 0.615), fill=background_rgb)
     elif shape == "square":
         canvas.rectangle(box, fill=colour_rgb)
     else:

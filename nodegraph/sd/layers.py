@@ -89,11 +89,3 @@ def give_back_freed_memory() -> None:
     if library is not None:
         library.malloc_trim(0)
 
-
-def pack_convolutions(module: nn.Module) -> None:
-    """Replace the weight of every Conv2d in `module` that `packs` by its packed form. The weights become opaque
-    oneDNN tensors: for inference on this CPU, not for training, saving or moving. (Loading packs each weight as it
-    is read instead: then no plain copy of the weights is ever held beside the packed ones.)"""
-    for conv in module.modules():
-        if packs(conv) and not conv.weight.is_mkldnn:
-            conv.weight = nn.Parameter(packed_weight(conv, conv.weight), requires_grad=False)
