@@ -1,4 +1,5 @@
-"""The CLIP ViT-L/14 text transformer (SD 1.x's text encoder). Attribute names follow the checkpoint's keys."""
+"""The CLIP ViT-L/14 text transformer in the HF layout (SD 1.x's text encoder, SDXL's first). Attribute names
+follow the checkpoint's keys."""
 
 from dataclasses import dataclass
 
@@ -110,7 +111,8 @@ class TextModel(nn.Module):
 
 class TextEncoder(nn.Module):
     """ids [B,T] -> final-layer-norm hidden states [B,T,width]; `layer` -n takes hidden layer -n instead of the last
-    (CLIP skip), with the final layer norm applied to it, as ComfyUI's CLIPSetLastLayer and A1111 do."""
+    (CLIP skip), with the final layer norm applied to it, as ComfyUI's CLIPSetLastLayer and A1111 do.
+    openclip.OpenCLIPTextEncoder has the same interface."""
 
     def __init__(self, config: TextEncoderConfig):
         super().__init__()
@@ -126,8 +128,10 @@ class TextEncoder(nn.Module):
         embedding = self.text_model.embeddings.token_embedding
         return embedding(ids.to(embedding.weight.device))
 
-    def from_embeddings(self, tokens: torch.Tensor, layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input vectors [B,T,width] -> (hidden layer `layer`, the last layer), both after the final layer norm.
+    def from_embeddings(self, tokens: torch.Tensor, layer: int = -1,
+                        layer_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input vectors [B,T,width] -> (hidden layer `layer`, final layer norm applied iff `layer_norm`; the last
+        layer after the final layer norm). SDXL reads CLIP-L's layer -2 without the norm; SD 1.x's clip skip with it.
 
         The last layer is always computed: ComfyUI's pooled output comes from it whatever the CLIP skip."""
         model = self.text_model
@@ -140,6 +144,8 @@ class TextEncoder(nn.Module):
             if index == chosen:
                 hidden = x
         last = model.final_layer_norm(x)
+        if not layer_norm:
+            return hidden, last
         return (last if hidden is x else model.final_layer_norm(hidden)), last
 
     def layer_index(self, layer: int) -> int:
@@ -149,3 +155,8 @@ class TextEncoder(nn.Module):
             raise ValueError(f"clip layer {layer} does not exist: this text encoder has {depth} layers, so the last "
                              f"layer to stop at goes from -1 (the last) to -{depth}")
         return depth + layer
+
+    def project_pooled(self, state: torch.Tensor) -> torch.Tensor:
+        """A pooled state [B,width] unchanged: SD files carry no text_projection for CLIP-L (SDXL's pooled
+        conditioning is the OpenCLIP encoder's), so there is nothing to apply."""
+        return state
