@@ -1,34 +1,82 @@
-"""The SD 1.x UNet (the LDM "openaimodel" layout). Attribute names follow the checkpoint's keys, so
-`input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight` is exactly that attribute path here."""
+"""The UNet of SD 1.x, SD 2.x and SDXL (the LDM "openaimodel" layout; its layers are in unet_blocks.py). Attribute
+names follow the checkpoint's keys, so `input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight` is exactly that
+attribute path here. The families differ only in numbers the file's shapes tell (levels, per-block transformer
+depths, projections, context width, input channels, SDXL's `label_emb`), plus the number of attention heads, which
+shapes cannot tell: the caller names it by family (`head_size`)."""
 
 import math
 import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .attention import multi_head_attention
 from .layers import Conv2d, Linear
+from .unet_blocks import Block, Downsample, ResBlock, SpatialTransformer, Upsample, group_norm
 
-HEADS = 8  # SD 1.x uses 8 heads in every transformer block; shapes alone cannot tell
+HEADS = 8  # SD 1.x uses 8 heads in every transformer block, whatever its width
+ATTENTION_KEY = re.compile(r"((?:input|output)_blocks\.\d+|middle_block)\.1\.transformer_blocks\.(\d+)\.")
 
 
 @dataclass(frozen=True)
 class UNetConfig:
-    in_channels: int = 4
+    in_channels: int = 4  # 9 for inpainting UNets (latent, mask, masked-image latent)
     out_channels: int = 4
     model_channels: int = 320
     channel_mult: tuple[int, ...] = (1, 2, 4, 4)
     num_res_blocks: int = 2
+    # SD 1.x/2.x have `transformer_depth` blocks at every res block of `attention_levels` and in the middle block.
     attention_levels: tuple[int, ...] = (0, 1, 2)
     transformer_depth: int = 1
     context_dim: int = 768
-    linear_projection: bool = False  # SD 2.x projects in/out of the transformer with linears, SD 1.x with 1x1 convs
+    linear_projection: bool = False  # SD 2.x and SDXL project in/out of the transformer with linears, SD 1.x with 1x1 convs
+    head_size: int | None = None  # None: SD 1.x's 8 heads everywhere; SD 2.x and SDXL: channels // 64 heads
+    adm_in_channels: int | None = None  # SDXL's label_emb input (2816 base, 2560 refiner); None: no label_emb
+    # Per-block depths where a UNet differs from the uniform layout above (SDXL: 0/2/10 by level, middle 10; distilled
+    # SDXL models vary within a level), ComfyUI's transformer_depth / _middle / _output; None follows the uniform one.
+    # 0 means the block has no transformer.
+    transformer_depth_input: tuple[int, ...] | None = None  # per res block of input_blocks, shallowest level first
+    transformer_depth_middle: int | None = None
+    # per output block in output_blocks order, deepest level first (ComfyUI lists these the other way round)
+    transformer_depth_output: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        levels, blocks = len(self.channel_mult), self.num_res_blocks
+        for name, count in (("transformer_depth_input", levels * blocks), ("transformer_depth_output", levels * (blocks + 1))):
+            depths = getattr(self, name)
+            if depths is not None and len(depths) != count:
+                raise ValueError(f"{name} has {len(depths)} depths; {levels} levels of {blocks} res blocks need {count}")
+
+    def _uniform_depth(self, level: int) -> int:
+        return self.transformer_depth if level in self.attention_levels else 0
+
+    @property
+    def input_depths(self) -> tuple[int, ...]:
+        if self.transformer_depth_input is not None:
+            return self.transformer_depth_input
+        return tuple(self._uniform_depth(level) for level in range(len(self.channel_mult)) for _ in range(self.num_res_blocks))
+
+    @property
+    def middle_depth(self) -> int:
+        return self.transformer_depth if self.transformer_depth_middle is None else self.transformer_depth_middle
+
+    @property
+    def output_depths(self) -> tuple[int, ...]:
+        if self.transformer_depth_output is not None:
+            return self.transformer_depth_output
+        return tuple(self._uniform_depth(level) for level in reversed(range(len(self.channel_mult))) for _ in range(self.num_res_blocks + 1))
+
+    def heads(self, channels: int) -> int:
+        if self.head_size is None:
+            return HEADS
+        if channels % self.head_size:
+            raise ValueError(f"{channels} channels do not split into heads of {self.head_size}")
+        return channels // self.head_size
 
     @classmethod
-    def from_state_dict(cls, weights: dict) -> "UNetConfig":
+    def from_state_dict(cls, weights: dict, head_size: int | None = None) -> "UNetConfig":
+        """The config of a UNet state dict (tensors or meta tensors, keys without `model.diffusion_model.`).
+        `head_size` comes from the family (None for SD 1.x's 8 heads, 64 for SD 2.x and SDXL)."""
         conv_in = weights["input_blocks.0.0.weight"]
         model_channels, in_channels = conv_in.shape[:2]
         # input_blocks.N.0 is a res block (has in_layers) or a downsampler (has op); a level ends at each downsampler.
@@ -38,20 +86,40 @@ class UNetConfig:
                 levels.append([])
             else:
                 levels[-1].append(n)
+        if len({len(blocks) for blocks in levels}) != 1:
+            raise ValueError(f"UNet levels have different numbers of res blocks: {[len(b) for b in levels]}")
+        num_res_blocks = len(levels[0])
         channel_mult = tuple(weights[f"input_blocks.{blocks[0]}.0.out_layers.3.weight"].shape[0] // model_channels for blocks in levels)
-        attention_levels = tuple(i for i, blocks in enumerate(levels) if f"input_blocks.{blocks[0]}.1.proj_in.weight" in weights)
-        first_attention = f"input_blocks.{levels[attention_levels[0]][0]}.1"
-        depth = 1 + max(int(m.group(1)) for k in weights if (m := re.match(re.escape(first_attention) + r"\.transformer_blocks\.(\d+)\.", k)))
+
+        depths: dict[str, int] = {}  # block -> number of transformer blocks, for blocks that have a transformer
+        for key in weights:
+            if m := ATTENTION_KEY.match(key):
+                depths[m.group(1)] = max(depths.get(m.group(1), 0), int(m.group(2)) + 1)
+        input_depths = tuple(depths.get(f"input_blocks.{n}", 0) for blocks in levels for n in blocks)
+        output_count = len(levels) * (num_res_blocks + 1)
+        output_depths = tuple(depths.get(f"output_blocks.{n}", 0) for n in range(output_count))
+        middle_depth = depths.get("middle_block", 0)
+
+        attention_levels = tuple(i for i, blocks in enumerate(levels) if any(depths.get(f"input_blocks.{n}") for n in blocks))
+        transformer_depth = next((d for d in input_depths if d), middle_depth or 1)
+        first = next(iter(depths), None)  # any transformer tells the context width and the projection kind
+        uniform = cls(channel_mult=channel_mult, num_res_blocks=num_res_blocks, attention_levels=attention_levels,
+                      transformer_depth=transformer_depth)
         return cls(
             in_channels=in_channels,
             out_channels=weights["out.2.weight"].shape[0],
             model_channels=model_channels,
             channel_mult=channel_mult,
-            num_res_blocks=len(levels[0]),
+            num_res_blocks=num_res_blocks,
             attention_levels=attention_levels,
-            transformer_depth=depth,
-            context_dim=weights[f"{first_attention}.transformer_blocks.0.attn2.to_k.weight"].shape[1],
-            linear_projection=weights[f"{first_attention}.proj_in.weight"].ndim == 2,
+            transformer_depth=transformer_depth,
+            context_dim=weights[f"{first}.1.transformer_blocks.0.attn2.to_k.weight"].shape[1] if first else cls.context_dim,
+            linear_projection=weights[f"{first}.1.proj_in.weight"].ndim == 2 if first else False,
+            head_size=head_size,
+            adm_in_channels=weights["label_emb.0.0.weight"].shape[1] if "label_emb.0.0.weight" in weights else None,
+            transformer_depth_input=None if input_depths == uniform.input_depths else input_depths,
+            transformer_depth_middle=None if middle_depth == uniform.middle_depth else middle_depth,
+            transformer_depth_output=None if output_depths == uniform.output_depths else output_depths,
         )
 
 
@@ -63,138 +131,9 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
-def group_norm(channels: int, eps: float) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels, eps=eps)
-
-
-class ResBlock(nn.Module):
-    def __init__(self, channels: int, out_channels: int, embed_dim: int):
-        super().__init__()
-        self.in_layers = nn.Sequential(group_norm(channels, 1e-5), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1))
-        self.emb_layers = nn.Sequential(nn.SiLU(), Linear(embed_dim, out_channels))
-        self.out_layers = nn.Sequential(group_norm(out_channels, 1e-5), nn.SiLU(), nn.Dropout(0.0), Conv2d(out_channels, out_channels, 3, padding=1))
-        self.skip_connection = nn.Identity() if channels == out_channels else Conv2d(channels, out_channels, 1)
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.in_layers(x) + self.emb_layers(emb)[:, :, None, None]
-        return self.skip_connection(x) + self.out_layers(h)
-
-
-class CrossAttention(nn.Module):
-    def __init__(self, dim: int, context_dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.to_q = Linear(dim, dim, bias=False)
-        self.to_k = Linear(context_dim, dim, bias=False)
-        self.to_v = Linear(context_dim, dim, bias=False)
-        self.to_out = nn.Sequential(Linear(dim, dim), nn.Dropout(0.0))
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        context = x if context is None else context
-        return self.to_out(multi_head_attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads))
-
-
-class GEGLU(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.proj = Linear(dim, hidden * 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.net = nn.Sequential(GEGLU(dim, dim * 4), nn.Dropout(0.0), Linear(dim * 4, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class TransformerBlock(nn.Module):
-    def __init__(self, dim: int, context_dim: int, heads: int):
-        super().__init__()
-        self.attn1 = CrossAttention(dim, dim, heads)
-        self.ff = FeedForward(dim)
-        self.attn2 = CrossAttention(dim, context_dim, heads)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.norm3 = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)
-        return x + self.ff(self.norm3(x))
-
-
-class SpatialTransformer(nn.Module):
-    def __init__(self, channels: int, config: UNetConfig):
-        super().__init__()
-        self.linear_projection = config.linear_projection
-        project = (lambda: Linear(channels, channels)) if config.linear_projection else (lambda: Conv2d(channels, channels, 1))
-        self.norm = group_norm(channels, 1e-6)
-        self.proj_in = project()
-        self.transformer_blocks = nn.ModuleList(TransformerBlock(channels, config.context_dim, HEADS) for _ in range(config.transformer_depth))
-        self.proj_out = project()
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        h = self.norm(x)
-        if not self.linear_projection:
-            h = self.proj_in(h)
-        h = h.flatten(2).transpose(1, 2)
-        if self.linear_projection:
-            h = self.proj_in(h)
-        for block in self.transformer_blocks:
-            h = block(h, context)
-        if self.linear_projection:
-            h = self.proj_out(h)
-        h = h.transpose(1, 2).reshape(batch, channels, height, width)
-        if not self.linear_projection:
-            h = self.proj_out(h)
-        return x + h
-
-
-class Downsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.op = Conv2d(channels, channels, 3, stride=2, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor, size: torch.Size | None = None) -> torch.Tensor:
-        # Upsampling to the skip's size (rather than x2) keeps latents whose sides are not powers of two working.
-        x = F.interpolate(x, size=size, mode="nearest") if size is not None else F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return self.conv(x)
-
-
-class Block(nn.ModuleList):
-    """One numbered entry of input_blocks/middle_block/output_blocks: layers that each take what they need."""
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, upsample_size=None) -> torch.Tensor:
-        for layer in self:
-            if isinstance(layer, ResBlock):
-                x = layer(x, emb)
-            elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context)
-            elif isinstance(layer, Upsample):
-                x = layer(x, upsample_size)
-            else:
-                x = layer(x)
-        return x
-
-
 class UNet(nn.Module):
-    """eps = unet(x [B,C,h,w], t [B] or scalar, context [B,T,context_dim]); runs in the module's dtype."""
+    """eps = unet(x [B,C,h,w], t [B] or scalar, context [B,T,context_dim], y [B,adm_in_channels] for SDXL);
+    runs in the module's dtype."""
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -202,8 +141,17 @@ class UNet(nn.Module):
         mc = config.model_channels
         embed_dim = mc * 4
         self.time_embed = nn.Sequential(Linear(mc, embed_dim), nn.SiLU(), Linear(embed_dim, embed_dim))
+        if config.adm_in_channels:
+            # SDXL's size/aesthetic conditioning joins the time embedding (the file nests it: label_emb.0.0, label_emb.0.2)
+            self.label_emb = nn.Sequential(nn.Sequential(Linear(config.adm_in_channels, embed_dim), nn.SiLU(), Linear(embed_dim, embed_dim)))
+
+        def with_transformer(layers: list[nn.Module], channels: int, depth: int) -> list[nn.Module]:
+            if depth:
+                layers.append(SpatialTransformer(channels, depth, config.heads(channels), config.context_dim, config.linear_projection))
+            return layers
 
         self.input_blocks = nn.ModuleList([Block([Conv2d(config.in_channels, mc, 3, padding=1)])])
+        input_depths = iter(config.input_depths)
         skip_channels = [mc]
         channels = mc
         last_level = len(config.channel_mult) - 1
@@ -211,35 +159,43 @@ class UNet(nn.Module):
             for _ in range(config.num_res_blocks):
                 layers = [ResBlock(channels, mc * mult, embed_dim)]
                 channels = mc * mult
-                if level in config.attention_levels:
-                    layers.append(SpatialTransformer(channels, config))
-                self.input_blocks.append(Block(layers))
+                self.input_blocks.append(Block(with_transformer(layers, channels, next(input_depths))))
                 skip_channels.append(channels)
             if level != last_level:
                 self.input_blocks.append(Block([Downsample(channels)]))
                 skip_channels.append(channels)
 
-        self.middle_block = Block([ResBlock(channels, channels, embed_dim), SpatialTransformer(channels, config), ResBlock(channels, channels, embed_dim)])
+        middle = with_transformer([ResBlock(channels, channels, embed_dim)], channels, config.middle_depth)
+        self.middle_block = Block([*middle, ResBlock(channels, channels, embed_dim)])
 
         self.output_blocks = nn.ModuleList()
+        output_depths = iter(config.output_depths)
         for level, mult in reversed(list(enumerate(config.channel_mult))):
             for i in range(config.num_res_blocks + 1):
                 layers = [ResBlock(channels + skip_channels.pop(), mc * mult, embed_dim)]
                 channels = mc * mult
-                if level in config.attention_levels:
-                    layers.append(SpatialTransformer(channels, config))
+                with_transformer(layers, channels, next(output_depths))
                 if level != 0 and i == config.num_res_blocks:
                     layers.append(Upsample(channels))
                 self.output_blocks.append(Block(layers))
 
         self.out = nn.Sequential(group_norm(channels, 1e-5), nn.SiLU(), Conv2d(channels, config.out_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         weight = self.out[2].weight
         x = x.to(weight.device, weight.dtype)
         context = context.to(weight.device, weight.dtype)
         t = torch.as_tensor(t, device=weight.device).reshape(-1).expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(weight.dtype))
+        adm = self.config.adm_in_channels
+        if adm:
+            if y is None:
+                raise ValueError(f"this UNet (SDXL) needs y, the [B, {adm}] size conditioning vector (nodegraph.sd.adm)")
+            if y.ndim != 2 or y.shape[1] != adm or y.shape[0] not in (1, x.shape[0]):
+                raise ValueError(f"y must be [{x.shape[0]}, {adm}] (or [1, {adm}]), not {list(y.shape)}")
+            emb = emb + self.label_emb(y.to(weight.device, weight.dtype))
+        elif y is not None:
+            raise ValueError("this UNet has no label_emb: it takes no y (only SDXL UNets do)")
 
         skips = []
         for block in self.input_blocks:
