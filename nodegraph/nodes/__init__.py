@@ -52,7 +52,7 @@ from nodegraph.extra_model_paths import ExtraModelFolder
 
 SOCKET_TYPES = ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "SAMPLER", "SIGMAS")
 BUILTIN_MODULES = ("loaders", "conditioning", "latent", "vae", "latent_files", "sampling", "sigmas", "image",
-                   "image_ops", "mask", "lora")
+                   "image_ops", "mask", "lora", "model_sampling")
 UI_KEY = "ui"
 
 
