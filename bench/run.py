@@ -360,7 +360,7 @@ def sampler_overheads(hold_s: float, runs: int, size: int, steps: int, scheduler
     dtype = pick_dtype(cpu)  # what the real UNet would answer in
     output = torch.randn(2, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0)).to(dtype)
     unet = StandInUNet(output, hold_s)
-    sd = StableDiffusion(tokenizer=None, text_encoder=None, unet=unet, vae=None, device=cpu, dtype=dtype)
+    sd = StableDiffusion(tokenizer=None, text_encoders={}, unet=unet, vae=None, device=cpu, dtype=dtype)
     positive, negative = torch.randn(1, 77, 768), torch.randn(1, 77, 768)
     latent = torch.zeros(1, 4, size // 8, size // 8)
     inside = {name: [] for name in SAMPLER_NAMES}  # (calls, seconds in the UNet) of each run, warm-up included

@@ -49,7 +49,7 @@ def encode_node(env, clip, text: str, class_type: str = "CLIPTextEncode"):
 
 
 def with_vectors(sd, text: str, table: dict) -> torch.Tensor:
-    (encoded,) = cond.encode_text(sd, text, lambda name: table.get(name))
+    (encoded,) = cond.encode_text(sd, text, lambda name, **_: table.get(name))
     return encoded.context
 
 
@@ -136,7 +136,7 @@ def test_clip_set_last_layer_is_declared_as_comfyuis():
 def test_clip_set_last_layer_gives_a_new_clip_that_reads_an_earlier_layer(env, sd):
     ctx = RunContext(env, "skip", {})
     skipped = builtin_registry().get_comfy("CLIPSetLastLayer")().run(ctx, clip=sd, stop_at_clip_layer=-2)["CLIP"]
-    assert skipped.clip_layer == -2 and sd.clip_layer == -1 and skipped.text_encoder is sd.text_encoder
+    assert skipped.clip_layer == -2 and sd.clip_layer is None and skipped.text_encoder is sd.text_encoder
     ids = sd.tokenizer(["a red circle"])
     expected = sd.text_encoder(ids, layer=-2)
     assert torch.equal(encode_node(env, skipped, "a red circle")[0].context, expected)

@@ -157,7 +157,7 @@ def apply_lora_file(sd, path: Path, strength: float):
     """The demo model with the file's LoRA merged in at `strength` by W + strength * (alpha / rank) * up @ down: a
     copy; the file is read as shipped (fp16). This script's own check, independent of nodegraph.sd.lora."""
     tensors = load_file(str(path))
-    patched = dataclasses.replace(sd, unet=copy.deepcopy(sd.unet), text_encoder=copy.deepcopy(sd.text_encoder))
+    patched = dataclasses.replace(sd.with_text_encoder(copy.deepcopy(sd.text_encoder)), unet=copy.deepcopy(sd.unet))
     for name, module in targets(patched, conv_rank=1).items():
         if f"{name}.lora_down.weight" not in tensors:
             continue

@@ -28,7 +28,7 @@ PROMPT_SYNTAX = ("ComfyUI's syntax: (text) x1.1 per level, (text:1.3), \\( \\) l
 def encode_prompt_text(ctx: RunContext, clip, text: str) -> cond.Conditioning:
     """The one prompt encoder behind CLIPEncode and CLIPTextEncode: embeddings from the env's embeddings folders,
     missing ones warned about (and left out, as ComfyUI does)."""
-    embedding = embedding_lookup(ctx.env, clip.text_encoder.config.width)
+    embedding = embedding_lookup(ctx.env)
     return cond.encode_text(clip, text, embedding, missing_embedding_warning(ctx.env, ctx.warn))
 
 
@@ -81,7 +81,8 @@ class CLIPSetLastLayer(Node):
                                                                          "from the end")
 
     def run(self, ctx: RunContext, clip, stop_at_clip_layer):
-        clip.text_encoder.layer_index(stop_at_clip_layer)  # a layer beyond the encoder's depth fails here, by name
+        for encoder in clip.text_encoders.values():  # a layer beyond an encoder's depth fails here, by name
+            encoder.layer_index(stop_at_clip_layer)
         return {"CLIP": dataclasses.replace(clip, clip_layer=stop_at_clip_layer)}
 
 

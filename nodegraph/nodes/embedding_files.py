@@ -48,13 +48,14 @@ def _find(env: Environment, name: str) -> Path | None:
     return model_path(env, "embeddings", in_subfolders[0]) if in_subfolders else None
 
 
-def embedding_lookup(env: Environment, width: int) -> Callable[[str], torch.Tensor | None]:
-    """`embedding(name) -> vectors [n, width] | None` over the env's embeddings folders, for nodegraph.sd.prompt.
-    A file that is there but unreadable, or of another width, raises EmbeddingError naming it."""
+def embedding_lookup(env: Environment) -> Callable[..., torch.Tensor | None]:
+    """`embedding(name, encoder=, width=) -> vectors [n, width] | None` over the env's embeddings folders, for
+    nodegraph.sd.prompt (`encoder`: the text encoder's name, which picks an SDXL file's clip_l or clip_g vectors). A
+    file that is there but unreadable, or of another width, raises EmbeddingError naming it."""
 
-    def embedding(name: str) -> torch.Tensor | None:
+    def embedding(name: str, encoder: str | None = None, width: int | None = None) -> torch.Tensor | None:
         path = embedding_file(env, name)
-        return None if path is None else read_embedding(path, width, env.allow_pickled_models)
+        return None if path is None else read_embedding(path, width, env.allow_pickled_models, encoder)
 
     return embedding
 

@@ -77,8 +77,7 @@ def apply_lora(ctx: RunContext, model, clip, lora_name: str, strength_model: flo
     if patches.unet and strength_model != 0:
         model = dataclasses.replace(model, unet=patch_module(model.unet, patches.unet, strength_model))
     if clip is not None and patches.text_encoder and strength_clip != 0:
-        clip = dataclasses.replace(clip, text_encoder=patch_module(clip.text_encoder, patches.text_encoder,
-                                                                   strength_clip))
+        clip = clip.with_text_encoder(patch_module(clip.text_encoder, patches.text_encoder, strength_clip))
     return model, clip
 
 

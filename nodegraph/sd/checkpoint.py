@@ -1,4 +1,5 @@
-"""Loading single-file SD 1.x checkpoints in their original layout, with no conversion step.
+"""Loading single-file checkpoints (SD 1.x, SD 2.x, SDXL base and refiner) in their original layout, with no
+conversion step.
 
 Each part's architecture is inferred from tensor shapes, the modules are built on the meta device, and the file's
 tensors are assigned straight into them by one strict `load_state_dict` per part: the module attribute names are the
@@ -6,23 +7,34 @@ checkpoint's key paths. Memory stays lean: each tensor is read from the file str
 (tensorfile.py), so the peak is the loaded weights plus one chunk.
 """
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..device import pick_device, pick_dtype, pick_vae_dtype
 from .clip import TextEncoder, TextEncoderConfig
+from .families import SD1, Family, FamilyError, detect_family, part_prefixes
 from .layers import can_pack, packed_weight, packs
+from .openclip import OpenCLIPTextConfig, OpenCLIPTextEncoder
 from .sampling.schedule import DiscreteSchedule
 from .tensorfile import FormatError, SafetensorsReader
 from .tokenizer import Tokenizer
 from .unet import UNet, UNetConfig
 from .vae import VAE, VAEConfig
 
-LATENT_SCALE = 0.18215
-PARTS = {  # part -> (key prefix in the file, module class, config class)
+LATENT_SCALE = SD1.latent_scale
+# How each kind of part is built: module class, config class. Text encoders are built by their layout.
+BUILDERS = {
+    "unet": (UNet, UNetConfig),
+    "vae": (VAE, VAEConfig),
+    "hf": (TextEncoder, TextEncoderConfig),
+    "openclip": (OpenCLIPTextEncoder, OpenCLIPTextConfig),
+}
+PARTS = {  # SD 1.x's parts -> (key prefix in the file, module class, config class)
     "unet": ("model.diffusion_model.", UNet, UNetConfig),
     "vae": ("first_stage_model.", VAE, VAEConfig),
     "text_encoder": ("cond_stage_model.transformer.", TextEncoder, TextEncoderConfig),
@@ -42,23 +54,51 @@ class CheckpointError(ValueError):
 
 @dataclass
 class StableDiffusion:
+    """A loaded checkpoint: its family, tokenizer, text encoders (by ComfyUI's names: clip_l, clip_h, clip_g, in the
+    family's order), UNet and VAE."""
+
     tokenizer: Tokenizer
-    text_encoder: TextEncoder
+    text_encoders: dict[str, nn.Module]
     unet: UNet
     vae: VAE
     device: torch.device
     dtype: torch.dtype
+    family: Family = SD1
     latent_scale: float = LATENT_SCALE
     schedule: DiscreteSchedule = field(default_factory=DiscreteSchedule)  # the noise schedule the UNet was trained on
-    # The text encoder's layer prompts are read from (ComfyUI's stop_at_clip_layer, CLIPSetLastLayer): -1 the last,
-    # -2 the one before (A1111's "clip skip 2"); the final layer norm is applied to it either way.
-    clip_layer: int = -1
+    # The text encoders' layer prompts are read from (ComfyUI's stop_at_clip_layer, CLIPSetLastLayer): -1 the last,
+    # -2 the one before (A1111's "clip skip 2"); None: each encoder's default in the family (SD 1.x the last; SD 2.x
+    # and SDXL the penultimate). Whether the final layer norm follows is the family's (TextRecipe.layer_norm).
+    clip_layer: int | None = None
+
+    @property
+    def text_encoder(self) -> nn.Module:
+        """The text encoder of a one-encoder family (SD 1.x, SD 2.x, the refiner); SDXL's first (CLIP-L)."""
+        return next(iter(self.text_encoders.values()))
+
+    def with_text_encoder(self, module: nn.Module, name: str | None = None) -> "StableDiffusion":
+        """A copy with text encoder `name` (default: the first) replaced by `module` (a patched view)."""
+        name = next(iter(self.text_encoders)) if name is None else name
+        return dataclasses.replace(self, text_encoders={**self.text_encoders, name: module})
+
+    def text_layer(self, name: str) -> int:
+        """The hidden layer encoder `name` is read from."""
+        recipe = next(recipe for recipe in self.family.text if recipe.name == name)
+        return recipe.default_layer if self.clip_layer is None else self.clip_layer
 
     @torch.no_grad()
     def encode_prompt(self, texts: list[str]) -> torch.Tensor:
         """Tokenize and encode plain prompts (no weights, embeddings or chunks; cut at 75 tokens) -> float32 CPU
-        conditioning [B,77,C], from `clip_layer`. nodegraph.sd.prompt reads ComfyUI's prompt syntax."""
-        return self.text_encoder(self.tokenizer(texts).to(self.device), layer=self.clip_layer).float().cpu()
+        conditioning [B,77,C]: the family's encoders at their layers, side by side on the feature axis (SDXL).
+        nodegraph.sd.prompt reads ComfyUI's prompt syntax."""
+        states = []
+        for recipe in self.family.text:
+            encoder = self.text_encoders[recipe.name]
+            ids = self.tokenizer(texts, pad_token=recipe.pad_token).to(self.device)
+            hidden, _ = encoder.from_embeddings(encoder.token_embeddings(ids), self.text_layer(recipe.name),
+                                                recipe.layer_norm)
+            states.append(hidden.float().cpu())
+        return torch.cat(states, dim=-1)
 
 
 class TensorFile:
@@ -102,36 +142,44 @@ class TensorFile:
         self.read = read
 
 
-def split_parts(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, str]]:
-    """Each part's keys without the part prefix, mapped to the file's keys. Keys outside the parts (EMA copies,
-    schedule buffers) are not ours to use and are ignored, as every SD loader does."""
-    parts = {name: {} for name in PARTS}
+def split_parts(path: Path, tensors: dict[str, torch.Tensor], family: Family = SD1) -> dict[str, dict[str, str]]:
+    """Each part's keys without the part prefix, mapped to the file's keys: "unet", "vae" and each text encoder by
+    its name. Keys outside the parts (EMA copies, schedule buffers) are not ours to use and are ignored, as every SD
+    loader does."""
+    prefixes = part_prefixes(family)
+    parts = {name: {} for name in prefixes}
     for key in tensors:
-        for name, (prefix, _, _) in PARTS.items():
+        for name, prefix in prefixes.items():
             if key.startswith(prefix):
                 parts[name][key[len(prefix):]] = key
-    absent = [PARTS[name][0] + "*" for name, weights in parts.items() if not weights]
+    absent = [prefixes[name] + "*" for name, weights in parts.items() if not weights]
     if absent:
-        raise CheckpointError(path, f"not an SD 1.x checkpoint: it has no {', '.join(absent)} keys "
+        raise CheckpointError(path, f"not a whole {family.label} checkpoint: it has no {', '.join(absent)} keys "
                                     f"({len(tensors)} tensors, e.g. {', '.join(list(tensors)[:3]) or 'none'})")
-    clip = parts["text_encoder"]
-    if not any(key.startswith("text_model.") for key in clip):  # some old files lack the text_model level
-        parts["text_encoder"] = {"text_model." + key: file_key for key, file_key in clip.items()}
-    # position_ids is absent, int64 or (in merged models) float with non-integer values: build_part makes its own.
-    parts["text_encoder"]["text_model.embeddings.position_ids"] = None
+    for recipe in family.text:
+        if recipe.layout != "hf":
+            continue
+        clip = parts[recipe.name]
+        if not any(key.startswith("text_model.") for key in clip):  # some old files lack the text_model level
+            parts[recipe.name] = clip = {"text_model." + key: file_key for key, file_key in clip.items()}
+        # position_ids is absent, int64 or (in merged models) float with non-integer values: build_part makes its own.
+        clip["text_model.embeddings.position_ids"] = None
     return parts
 
 
 def build_part(file: TensorFile, name: str, keys: dict[str, str | None], device: torch.device, dtype: torch.dtype,
-               pack_weights: bool = False, prefix: str | None = None):
+               pack_weights: bool = False, prefix: str | None = None, kind: str | None = None, **config_options):
     """Build one part on the meta device and assign the file's tensors into it: one strict load, nothing converted twice.
-    `prefix`: how the file's keys start, for messages (default: the part's prefix in a checkpoint)."""
+    `kind`: a key of BUILDERS (default: `name`, or "hf" for SD 1.x's text_encoder); `prefix`: how the file's keys
+    start, for messages (default: the part's prefix in an SD 1.x checkpoint); `config_options` go to the config's
+    from_state_dict (the UNet's head_size)."""
     path = file.path
-    default_prefix, module_class, config_class = PARTS[name]
-    prefix = default_prefix if prefix is None else prefix
+    kind = kind or ("hf" if name == "text_encoder" else name)
+    module_class, config_class = BUILDERS[kind]
+    prefix = PARTS[name][0] if prefix is None else prefix
     shapes = {key: file.shapes[file_key] for key, file_key in keys.items() if file_key is not None}
     try:
-        config = config_class.from_state_dict(shapes)
+        config = config_class.from_state_dict(shapes, **config_options)
     except (KeyError, ValueError, IndexError) as error:
         raise CheckpointError(path, f"cannot infer the {name} architecture from its tensor shapes: missing or odd key {error}") from error
     with torch.device("meta"):
@@ -182,8 +230,9 @@ def load_checkpoint(
     allow_pickle: bool = False,
     pack_weights: bool = True,
 ) -> StableDiffusion:
-    """Load an SD 1.x single-file checkpoint. device None: CUDA when present, else CPU; dtype None: fp16 on CUDA, bf16
-    on CPUs with native bf16 matrices, else fp32. The VAE never runs in fp16 (it overflows).
+    """Load a single-file checkpoint of any family we run (SD 1.x, SD 2.x, SDXL base or refiner; their inpainting
+    UNets), told from its keys and shapes (families.py). device None: CUDA when present, else CPU; dtype None: fp16 on
+    CUDA, bf16 on CPUs with native bf16 matrices, else fp32. The VAE never runs in fp16 (it overflows).
 
     On the CPU, convolution weights (and bf16 UNet linear weights) are packed for inference (nodegraph.sd.layers);
     pack_weights=False keeps them plain tensors, for training, saving or moving the modules."""
@@ -191,15 +240,41 @@ def load_checkpoint(
     device = pick_device(device)
     dtype = pick_dtype(device, dtype)
     file = TensorFile(path, allow_pickle)
-    parts = split_parts(path, file.shapes)
+    try:
+        family = detect_family(file.shapes, lambda key: file.read(key, torch.device("cpu"), torch.float32))
+    except FamilyError as error:
+        raise CheckpointError(path, f"not a checkpoint nodegraph can run: {error.found}") from error
+    parts = split_parts(path, file.shapes, family)
+    prefixes = part_prefixes(family)
+    text_encoders = {
+        recipe.name: build_part(file, recipe.name, parts[recipe.name], device, dtype, kind=recipe.layout,
+                                prefix=recipe.prefix)
+        for recipe in family.text
+    }
+    _check_context(path, family, text_encoders, file.shapes)
     return StableDiffusion(
         tokenizer=Tokenizer(),
-        text_encoder=build_part(file, "text_encoder", parts["text_encoder"], device, dtype),
-        unet=build_part(file, "unet", parts["unet"], device, dtype, pack_weights),
+        text_encoders=text_encoders,
+        unet=build_part(file, "unet", parts["unet"], device, dtype, pack_weights, prefix=prefixes["unet"],
+                        head_size=family.head_size),
         vae=build_part(file, "vae", parts["vae"], device, pick_vae_dtype(device, dtype), pack_weights),
         device=device,
         dtype=dtype,
+        family=family,
+        latent_scale=family.latent_scale,
+        schedule=DiscreteSchedule(prediction=family.prediction),
     )
+
+
+def _check_context(path: Path, family: Family, text_encoders: dict[str, nn.Module], shapes) -> None:
+    """The UNet must read what the text encoders give: a mismatch is a file assembled from two models."""
+    width = sum(encoder.config.width for encoder in text_encoders.values())
+    context = next((tensor.shape[1] for key, tensor in shapes.items()
+                    if key.startswith("model.diffusion_model.") and key.endswith(".attn2.to_k.weight")), width)
+    if context != width:
+        encoders = " + ".join(f"{name} {encoder.config.width}" for name, encoder in text_encoders.items())
+        raise CheckpointError(path, f"a mixed file: its UNet reads {context}-wide text states, but its {family.name} "
+                                    f"text encoders give {width} ({encoders})")
 
 
 # --- a VAE in a file of its own (models/vae/*.safetensors) --------------------------------------------------------

@@ -5,7 +5,8 @@ The forms in the wild, all read here (ComfyUI's load_embed reads the same ones):
 - A1111's {"string_to_param": {"*": [n, W]}, "name", "step", ...}: a .pt pickle; in a .safetensors file the key is
   flattened to "string_to_param.*";
 - {"emb_params": [n, W]}: A1111's and kohya's .safetensors;
-- {"clip_l": [n, 768], "clip_g": [n, 1280]}: an SDXL embedding, whose clip_l vectors fit an SD 1.x encoder;
+- {"clip_l": [n, 768], "clip_g": [n, 1280]}: an SDXL embedding (each encoder takes its own; the clip_l vectors
+  also fit an SD 1.x encoder);
 - a file of one tensor, bare or under any key (diffusers' learned_embeds {"<token>": [W]}).
 Pickled files (.pt, .bin, ...) are read only when allowed, with torch.load(weights_only=True).
 """
@@ -28,14 +29,17 @@ class EmbeddingError(ValueError):
         self.problem = problem
 
 
-def read_embedding(path: str | Path, width: int | None = None, allow_pickle: bool = False) -> torch.Tensor:
+def read_embedding(path: str | Path, width: int | None = None, allow_pickle: bool = False,
+                   encoder: str | None = None) -> torch.Tensor:
     """The vectors of an embedding file, float32 [n, W] on the CPU. `width`: the text encoder's, checked here so a
-    file of another model family is refused by name rather than failing deep in the encoder."""
+    file of another model family is refused by name rather than failing deep in the encoder. `encoder`: the text
+    encoder's name ("clip_l", "clip_g"): an SDXL file's vectors for it are taken (ComfyUI's embedding_key)."""
     path = Path(path)
     if not path.is_file():
         raise EmbeddingError(path, "no such file")
     tensors = _read_pickle(path, allow_pickle) if path.suffix.lower() in PICKLE_SUFFIXES else _read_safetensors(path)
-    vectors = _pick_vectors(path, tensors)
+    vectors = tensors[encoder] if encoder is not None and isinstance(tensors.get(encoder), torch.Tensor) else \
+        _pick_vectors(path, tensors)
     if not vectors.is_floating_point() or vectors.ndim == 0 or vectors.numel() == 0:
         raise EmbeddingError(path, f"holds no vectors: a {vectors.dtype} tensor of shape {tuple(vectors.shape)}")
     vectors = vectors.reshape(-1, vectors.shape[-1]).float()

@@ -173,13 +173,13 @@ def token_groups(tokenizer, text: str, embedding: EmbeddingLookup | None = None,
     return groups
 
 
-def chunks_of(groups: list[list[tuple[Token, float]]], length: int = 77) -> list[Chunk]:
-    """Groups laid out in chunks of BOS + tokens + EOS, EOS-padded to `length` (see the module's doc)."""
+def chunks_of(groups: list[list[tuple[Token, float]]], length: int = 77, pad_token: int = EOS) -> list[Chunk]:
+    """Groups laid out in chunks of BOS + tokens + EOS, padded to `length` (see the module's doc)."""
     limit = length - 1  # a chunk's positions before its closing EOS
     chunks, chunk = [], [(BOS, 1.0)]
 
     def close(chunk: Chunk) -> None:
-        chunks.append(chunk + [(EOS, 1.0)] * (length - len(chunk)))
+        chunks.append(chunk + [(EOS, 1.0)] + [(pad_token, 1.0)] * (length - len(chunk) - 1))
 
     for group in groups:
         may_cut = len(group) >= BIG_GROUP
@@ -197,9 +197,9 @@ def chunks_of(groups: list[list[tuple[Token, float]]], length: int = 77) -> list
 
 
 def tokenize(tokenizer, text: str, embedding: EmbeddingLookup | None = None, width: int | None = None,
-             warn: Callable[[str], None] = log.warning) -> list[Chunk]:
+             warn: Callable[[str], None] = log.warning, pad_token: int = EOS) -> list[Chunk]:
     """A prompt in ComfyUI's syntax -> its chunks, each `tokenizer.context_length` (token, weight) pairs."""
-    return chunks_of(token_groups(tokenizer, text, embedding, width, warn), tokenizer.context_length)
+    return chunks_of(token_groups(tokenizer, text, embedding, width, warn), tokenizer.context_length, pad_token)
 
 
 # --- encoding -------------------------------------------------------------------------------------------------
@@ -218,30 +218,48 @@ def input_vectors(text_encoder, chunks: list[Chunk]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode(text_encoder, chunks: list[Chunk], layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunks -> (context [1, 77k, C], pooled [1, C]), float32 on the CPU, from hidden layer `layer`.
+def encode(text_encoder, chunks: list[Chunk], layer: int = -1, layer_norm: bool = True,
+           pad_token: int = EOS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunks -> (context [1, 77k, C], pooled [1, C]), float32 on the CPU, from hidden layer `layer` (the final layer
+    norm applied to it iff `layer_norm`). The pooled output is the last layer's normed state at the first chunk's
+    EOS, projected where the encoder has a projection (SDXL's bigG).
 
     The chunks (and the empty prompt, when any weight is not 1) go through the encoder as one batch."""
     weighted = any(weight != 1.0 for chunk in chunks for _, weight in chunk)
-    rows = chunks + ([[(BOS, 1.0)] + [(EOS, 1.0)] * (len(chunks[0]) - 1)] if weighted else [])
-    states, last = text_encoder.from_embeddings(input_vectors(text_encoder, rows), layer)
+    empty = [(BOS, 1.0), (EOS, 1.0)] + [(pad_token, 1.0)] * (len(chunks[0]) - 2)
+    rows = chunks + ([empty] if weighted else [])
+    states, last = text_encoder.from_embeddings(input_vectors(text_encoder, rows), layer, layer_norm)
     context = states[:len(chunks)].float()
     if weighted:
-        empty = states[-1].float()
+        empty_state = states[-1].float()
         weights = torch.tensor([[weight for _, weight in chunk] for chunk in chunks], device=context.device)[..., None]
         # only weighted positions change: at weight 1 the formula would still round differently
-        context = torch.where(weights != 1.0, (context - empty) * weights + empty, context)
+        context = torch.where(weights != 1.0, (context - empty_state) * weights + empty_state, context)
     first_eos = next(i for i, (token, _) in enumerate(chunks[0]) if isinstance(token, int) and token == EOS)
-    pooled = last[0:1, first_eos].float()
+    pooled = text_encoder.project_pooled(last[0:1, first_eos]).float()
     return context.reshape(1, -1, context.shape[-1]).cpu(), pooled.cpu()
 
 
-def encode_prompt(sd, text: str, embedding: EmbeddingLookup | None = None,
+def encode_prompt(sd, text: str, embedding: Callable[..., torch.Tensor | None] | None = None,
                   warn: Callable[[str], None] = log.warning) -> tuple[torch.Tensor, torch.Tensor]:
-    """A prompt in ComfyUI's syntax, encoded by a loaded checkpoint's text encoder at its `clip_layer`:
-    (context [1, 77k, C], pooled [1, C]), float32 CPU. `embedding` finds embeddings by name (None: there are none);
-    `warn` hears of the missing ones."""
-    text_encoder = sd.text_encoder
-    text_encoder.layer_index(sd.clip_layer)  # a bad layer fails before any work
-    chunks = tokenize(sd.tokenizer, text, embedding, text_encoder.config.width, warn)
-    return encode(text_encoder, chunks, sd.clip_layer)
+    """A prompt in ComfyUI's syntax, encoded by a loaded checkpoint's text encoders, each at its layer (the family's,
+    or `sd.clip_layer`): (context [1, 77k, C], pooled [1, C']), float32 CPU. With two encoders (SDXL) each reads
+    the prompt on its own (its own padding, weights against its own empty prompt) and their states are joined on
+    the feature axis, cut to the shorter; the pooled output is the last encoder's (bigG's projected state).
+    `embedding(name, encoder=, width=)` gives the vectors of `embedding:name` for an encoder ("clip_l", "clip_g",
+    ...) of that width, None when there are none; `warn` hears of the missing ones (once per prompt)."""
+    for recipe in sd.family.text:  # a bad layer fails before any work
+        sd.text_encoders[recipe.name].layer_index(sd.text_layer(recipe.name))
+    contexts, pooled, warned = [], None, []
+    for recipe in sd.family.text:
+        encoder = sd.text_encoders[recipe.name]
+        lookup = None if embedding is None else (
+            lambda name, recipe=recipe, width=encoder.config.width: embedding(name, encoder=recipe.name, width=width))
+        chunks = tokenize(sd.tokenizer, text, lookup, encoder.config.width,
+                          lambda message: None if message in warned else warned.append(message), recipe.pad_token)
+        context, pooled = encode(encoder, chunks, sd.text_layer(recipe.name), recipe.layer_norm, recipe.pad_token)
+        contexts.append(context)
+    for message in warned:
+        warn(message)
+    length = min(context.shape[1] for context in contexts)
+    return torch.cat([context[:, :length] for context in contexts], dim=-1), pooled

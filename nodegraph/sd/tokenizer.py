@@ -1,4 +1,5 @@
-"""The SD 1.x prompt layout over CLIP's byte-level BPE: BOS, at most 75 tokens, EOS, EOS padding to 77."""
+"""The SD prompt layout over CLIP's byte-level BPE: BOS, at most 75 tokens, EOS, padding to 77 (EOS for CLIP-L;
+OpenCLIP's encoders of SD 2.x and SDXL pad with 0)."""
 
 from pathlib import Path
 
@@ -20,12 +21,12 @@ class Tokenizer:
         """The BPE ids of one prompt, without BOS/EOS and untruncated."""
         return self.bpe(text, add_special_tokens=False).input_ids
 
-    def __call__(self, texts: list[str]) -> torch.Tensor:
+    def __call__(self, texts: list[str], pad_token: int = EOS) -> torch.Tensor:
         if isinstance(texts, str):
             texts = [texts]
         body = self.context_length - 2
         rows = []
         for text in texts:
             ids = [BOS] + self.tokens(text)[:body] + [EOS]
-            rows.append(ids + [EOS] * (self.context_length - len(ids)))
+            rows.append(ids + [pad_token] * (self.context_length - len(ids)))
         return torch.tensor(rows, dtype=torch.long)

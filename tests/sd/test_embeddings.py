@@ -78,7 +78,7 @@ def test_prompt_encodings_equal_diffusers_load_textual_inversion(tmp_path, sd, t
     ids = tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
         expected = text_encoder(ids).last_hidden_state
-    embedding = lambda wanted: read_embedding(path, WIDTH, allow_pickle=True) if wanted == "style" else None
+    embedding = lambda wanted, **_: read_embedding(path, WIDTH, allow_pickle=True) if wanted == "style" else None
     (ours,) = cond.encode_text(sd, r"a embedding:style red circle, \(blue square\)", embedding)
     torch.testing.assert_close(ours.context, expected, rtol=1e-5, atol=1e-5)
 

@@ -53,8 +53,8 @@ def both(tiny_checkpoint, tiny_config, lora_file):
     base = load_checkpoint(tiny_checkpoint, device="cpu", dtype=torch.float32)
     patches = match_lora(lora_file, read_lora_file(lora_file), base.unet, base.text_encoder)
     assert patches.unmatched == ()
-    ours = dataclasses.replace(base, unet=patch_module(base.unet, patches.unet, STRENGTH),
-                               text_encoder=patch_module(base.text_encoder, patches.text_encoder, STRENGTH))
+    ours = dataclasses.replace(base.with_text_encoder(patch_module(base.text_encoder, patches.text_encoder, STRENGTH)),
+                               unet=patch_module(base.unet, patches.unet, STRENGTH))
     unet, vae, text_encoder = reference_models(tiny_checkpoint, tiny_config)
     pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=reference_tokenizer(),
                                    scheduler=sd_scheduler(), safety_checker=None, feature_extractor=None,

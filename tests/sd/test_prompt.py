@@ -260,7 +260,7 @@ def test_clip_skip_reads_hidden_layer_minus_n_through_the_final_layer_norm(sd, r
     # the pooled output stays the last layer's, as ComfyUI's
     torch.testing.assert_close(encoded.pooled, final_norm_of_hidden(reference_clip, ids, -1)[:, 4], rtol=1e-5,
                                atol=1e-5)
-    assert sd.clip_layer == -1  # replace made a new value
+    assert sd.clip_layer is None  # replace made a new value; the loaded one reads the family default
 
 
 def test_clip_skip_weights_against_the_empty_prompt_at_the_same_layer(sd, reference_clip):

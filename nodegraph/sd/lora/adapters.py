@@ -136,6 +136,22 @@ class LoRA(ScaledAdapter):
         up, down = self.factors(device)
         return up @ down
 
+    def diff_shape(self) -> torch.Size:
+        # Worked out from the factors' shapes: the meta device would do it too, but its first use imports torch's
+        # symbolic-shape machinery (sympy, ~30 MiB resident) into a process that otherwise never needs it.
+        rows, rank = self.up.shape[0], self.up[0].numel()
+        if self.mid is not None:
+            if self.mid.ndim != 4 or self.mid.shape[1] != self.down.shape[0]:
+                raise ValueError(f"its factors do not fit together (a {tuple(self.mid.shape)} core after a "
+                                 f"{tuple(self.down.shape)} down)")
+            inner, columns = self.mid.shape[0], self.down[0].numel() * self.mid[0, 0].numel()
+        else:
+            inner, columns = self.down.shape[0], self.down[0].numel()
+        if rank != inner:
+            raise ValueError(f"its factors do not fit together (a {tuple(self.up.shape)} up after a "
+                             f"{tuple(self.down.shape)} down)")
+        return torch.Size([rows, columns])
+
     def apply(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
         if self.dora_scale is not None:
             return super().apply(weight, strength)
