@@ -48,7 +48,14 @@ def pick_dtype(device: torch.device, dtype: torch.dtype | str | None = None) -> 
 
 
 def pick_vae_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
-    """The SD 1.x VAE overflows in fp16 (NaN/black images at 512px), so fp16 requests run it in fp32; bf16 is safe."""
+    """The SD VAEs overflow in fp16 (NaN or black images: SD 1.x's at 512px, SDXL's almost always), so an fp16 request
+    runs the VAE as ComfyUI does (its VAE working dtypes are bf16 and fp32): bf16 where the device has it, else fp32."""
     if dtype == torch.float16:
-        return torch.float32
+        return torch.bfloat16 if device_has_bf16(device) else torch.float32
     return dtype
+
+
+def device_has_bf16(device: torch.device) -> bool:
+    """Whether a GPU runs bf16 natively (Ampere and later). On the CPU an fp16 request stays fp32 for the VAE, as
+    ComfyUI runs CPUs in fp32: bf16 is what a user asks for by name there."""
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()

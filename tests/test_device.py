@@ -30,6 +30,11 @@ def test_explicit_dtypes_by_object_and_by_name():
     assert policy.pick_dtype(torch.device("cuda"), "bf16") == torch.bfloat16
 
 
-def test_the_vae_never_runs_in_fp16():
-    assert policy.pick_vae_dtype(torch.device("cuda"), torch.float16) == torch.float32
+def test_the_vae_never_runs_in_fp16(monkeypatch):
+    # ComfyUI's VAE working dtypes are bf16 and fp32: an fp16 model gets a bf16 VAE where the GPU has bf16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for bf16_gpu, vae_dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16_gpu=bf16_gpu: bf16_gpu)
+        assert policy.pick_vae_dtype(torch.device("cuda"), torch.float16) == vae_dtype
+    assert policy.pick_vae_dtype(torch.device("cpu"), torch.float16) == torch.float32
     assert policy.pick_vae_dtype(torch.device("cpu"), torch.bfloat16) == torch.bfloat16
