@@ -134,3 +134,31 @@ def test_a_unet_of_unknown_input_channels_is_refused():
     state["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(64, 8, 3, 3)
     with pytest.raises(FamilyError, match=r"takes 8 input channels"):
         detect_family(shapes_of(state))
+
+
+def full_size_shapes(parts: dict[str, torch.nn.Module]) -> dict:
+    return {prefix + key: tensor for prefix, module in parts.items() for key, tensor in module.state_dict().items()}
+
+
+def test_full_size_files_are_told_and_their_configs_read_back_on_the_meta_device():
+    from test_text_encoder_sizes import BIG_G, VIT_H
+    from test_unet_sizes import REFINER, SD2 as SD2_UNET, SDXL as SDXL_UNET
+
+    from nodegraph.sd.clip import TextEncoder
+    from nodegraph.sd.openclip import OpenCLIPTextEncoder
+    from nodegraph.sd.unet import UNet, UNetConfig
+    from nodegraph.sd.vae import VAE, VAEConfig
+    with torch.device("meta"):
+        vae = VAE(VAEConfig())
+        files = {
+            SD2: {"model.diffusion_model.": UNet(SD2_UNET), "cond_stage_model.model.": OpenCLIPTextEncoder(VIT_H)},
+            SDXL: {"model.diffusion_model.": UNet(SDXL_UNET), "conditioner.embedders.0.transformer.":
+                   TextEncoder(TextEncoderConfig()), "conditioner.embedders.1.model.": OpenCLIPTextEncoder(BIG_G)},
+            SDXL_REFINER: {"model.diffusion_model.": UNet(REFINER), "conditioner.embedders.0.model.":
+                           OpenCLIPTextEncoder(BIG_G)},
+        }
+    for family, parts in files.items():
+        shapes = full_size_shapes({**parts, "first_stage_model.": vae})
+        assert detect_family(shapes) == family
+        unet = {key[len("model.diffusion_model."):]: t for key, t in shapes.items() if key.startswith("model.diffusion_model.")}
+        assert UNetConfig.from_state_dict(unet, head_size=family.head_size) == parts["model.diffusion_model."].config
