@@ -31,6 +31,22 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nodegraph"
 CHECK_SAMPLING = {"steps": 15, "cfg": 5.0, "sampler_name": "euler_ancestral", "scheduler": "karras"}
 
 
+def add_run_arguments(parser, lr: float) -> None:
+    """The arguments both training scripts take beside their own."""
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--check-only", action="store_true", help="only sample and classify the pictures of OUT")
+    parser.add_argument("--no-check", action="store_true", help="only train and write OUT")
+
+
+def start_run(args) -> StableDiffusion:
+    """Threads and denormals as the shipped files were trained with; the frozen demo model."""
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    return load_frozen_demo(args.checkpoint)
+
+
 def load_frozen_demo(path: Path = DEMO_CHECKPOINT) -> StableDiffusion:
     """The demo checkpoint in float32 with plain (unpacked) weights, which autograd can differentiate through; every
     weight is frozen (load_checkpoint leaves them so), so only what a trainer adds learns."""

@@ -249,16 +249,10 @@ def main() -> None:
     parser.add_argument("--conv-alpha", type=float, default=1.0)
     parser.add_argument("--unet-only", dest="text_encoder", action="store_false",
                         help="leave the text encoder's layers as they are")
-    parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--check-only", action="store_true", help="only sample and classify the pictures of OUT")
-    parser.add_argument("--no-check", action="store_true", help="only train and write OUT")
+    finetune.add_run_arguments(parser, lr=5e-3)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
     started = time.time()
-    sd = finetune.load_frozen_demo(args.checkpoint)
+    sd = finetune.start_run(args)
     if not args.check_only:
         train_lora(sd, args)
         print(f"wrote {args.out} ({args.out.stat().st_size / 2**10:.0f} KiB) in {(time.time() - started) / 60:.1f} min")
