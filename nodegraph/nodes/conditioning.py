@@ -25,11 +25,19 @@ PROMPT_SYNTAX = ("ComfyUI's syntax: (text) x1.1 per level, (text:1.3), \\( \\) l
                  "longer than 75 tokens: more chunks of 77")
 
 
-def encode_prompt_text(ctx: RunContext, clip, text: str) -> cond.Conditioning:
-    """The one prompt encoder behind CLIPEncode and CLIPTextEncode: embeddings from the env's embeddings folders,
-    missing ones warned about (and left out, as ComfyUI does)."""
+def encode_prompt_text(ctx: RunContext, clip, text: str, **options) -> cond.Conditioning:
+    """The one prompt encoder behind the text nodes: embeddings from the env's embeddings folders, missing ones
+    warned about (and left out, as ComfyUI does). `options` are encode_text's (texts_by_encoder, size fields)."""
     embedding = embedding_lookup(ctx.env)
-    return cond.encode_text(clip, text, embedding, missing_embedding_warning(ctx.env, ctx.warn))
+    return cond.encode_text(clip, text, embedding, missing_embedding_warning(ctx.env, ctx.warn), **options)
+
+
+def require_encoders(clip, node: str, names: tuple[str, ...], instead: str) -> None:
+    """Fail, naming what the CLIP holds, unless it has the text encoders `names` (SDXL's nodes need bigG)."""
+    missing = [name for name in names if name not in clip.text_encoders]
+    if missing:
+        raise ValueError(f"{node} needs a CLIP with {' and '.join(names)} ({instead}); this one is "
+                         f"{clip.family.name}'s with {', '.join(clip.text_encoders)}: use CLIPTextEncode")
 
 
 class CLIPEncode(Node):
@@ -66,6 +74,65 @@ class CLIPTextEncode(Node):
 
     def run(self, ctx: RunContext, text, clip):
         return {"CONDITIONING": encode_prompt_text(ctx, clip, text)}
+
+
+SIZE = {"ge": 0, "le": MAX_RESOLUTION}  # ComfyUI's bounds on the SDXL nodes' sizes (pixels, any step)
+
+
+class CLIPTextEncodeSDXL(Node):
+    DISPLAY_NAME = "CLIP Text Encode (SDXL)"
+    CATEGORY = "advanced/conditioning"
+    DESCRIPTION = ("SDXL base's prompt encoder: text_g for the OpenCLIP bigG encoder, text_l for CLIP-L, and the "
+                   "size conditioning the model was trained with (the image's size, the crop's top-left corner, the "
+                   f"size wanted), in pixels ({PROMPT_SYNTAX}).")
+    OUTPUTS = {"CONDITIONING": "CONDITIONING"}
+
+    class Inputs(NodeInputs):
+        clip: Link["CLIP"] = Field(description="SDXL base's text encoders, from a checkpoint loader")
+        width: int = Field(1024, **SIZE, description="the original image's width it says the picture comes from")
+        height: int = Field(1024, **SIZE, description="the original image's height")
+        crop_w: int = Field(0, **SIZE, description="the left edge of the crop taken from it (0: none)")
+        crop_h: int = Field(0, **SIZE, description="the top edge of the crop taken from it (0: none)")
+        target_width: int = Field(1024, **SIZE, description="the width of the picture wanted")
+        target_height: int = Field(1024, **SIZE, description="the height of the picture wanted")
+        text_g: str = Field(description="the prompt for bigG (clip_g)", json_schema_extra={"multiline": True})
+        text_l: str = Field(description="the prompt for CLIP-L (clip_l)", json_schema_extra={"multiline": True})
+
+    @classmethod
+    def fingerprint(cls, env, constants):
+        texts = [constants.get(name) for name in ("text_g", "text_l")]
+        return embeddings_fingerprint(env, "\n".join(text for text in texts if isinstance(text, str)))
+
+    def run(self, ctx: RunContext, clip, width, height, crop_w, crop_h, target_width, target_height, text_g, text_l):
+        require_encoders(clip, "CLIPTextEncodeSDXL", ("clip_l", "clip_g"), "an SDXL base checkpoint's")
+        return {"CONDITIONING": encode_prompt_text(
+            ctx, clip, text_g, texts_by_encoder={"clip_g": text_g, "clip_l": text_l}, width=width, height=height,
+            crop_w=crop_w, crop_h=crop_h, target_width=target_width, target_height=target_height)}
+
+
+class CLIPTextEncodeSDXLRefiner(Node):
+    DISPLAY_NAME = "CLIP Text Encode (SDXL Refiner)"
+    CATEGORY = "advanced/conditioning"
+    DESCRIPTION = ("The SDXL refiner's prompt encoder: the prompt with the aesthetic score to aim for (6 is the usual "
+                   f"positive, 2.5 the negative) and the image size, in pixels ({PROMPT_SYNTAX}).")
+    OUTPUTS = {"CONDITIONING": "CONDITIONING"}
+
+    class Inputs(NodeInputs):
+        ascore: float = Field(6.0, ge=0.0, le=1000.0, description="the aesthetic score (LAION's 0-10 scale)",
+                              json_schema_extra={"step": 0.01})
+        width: int = Field(1024, **SIZE, description="the image's width")
+        height: int = Field(1024, **SIZE, description="the image's height")
+        text: str = Field(description="the prompt", json_schema_extra={"multiline": True})
+        clip: Link["CLIP"] = Field(description="a text encoder with bigG (the refiner's, or SDXL base's)")
+
+    @classmethod
+    def fingerprint(cls, env, constants):
+        return embeddings_fingerprint(env, constants.get("text"))
+
+    def run(self, ctx: RunContext, ascore, width, height, text, clip):
+        require_encoders(clip, "CLIPTextEncodeSDXLRefiner", ("clip_g",), "an SDXL refiner or base checkpoint's")
+        return {"CONDITIONING": encode_prompt_text(ctx, clip, text, aesthetic_score=ascore, width=width,
+                                                   height=height)}
 
 
 class CLIPSetLastLayer(Node):
@@ -204,5 +271,6 @@ class ConditioningZeroOut(Node):
         return {"CONDITIONING": cond.zero_out(conditioning)}
 
 
-NODES = [CLIPEncode, CLIPTextEncode, CLIPSetLastLayer, ConditioningCombine, ConditioningAverage, ConditioningConcat,
-         ConditioningSetArea, ConditioningSetAreaPercentage, ConditioningSetMask, ConditioningZeroOut]
+NODES = [CLIPEncode, CLIPTextEncode, CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner, CLIPSetLastLayer,
+         ConditioningCombine, ConditioningAverage, ConditioningConcat, ConditioningSetArea,
+         ConditioningSetAreaPercentage, ConditioningSetMask, ConditioningZeroOut]

@@ -2,7 +2,8 @@
 strongly it acts.
 
 ComfyUI's CONDITIONING is a list of [tensor, {options}]; ours is a tuple of frozen `Cond`s with the options as
-fields (ComfyUI's keys: area, strength, mask, mask_strength, set_area_to_bounds, pooled_output). A sampler reads
+fields (ComfyUI's keys: area, strength, mask, mask_strength, set_area_to_bounds, pooled_output, and SDXL's size
+conditioning: width, height, crop_w, crop_h, target_width, target_height, aesthetic_score). A sampler reads
 every Cond of its positive and of its negative (sampling/regions.py says where each acts). The operations below are
 the "how" of ComfyUI's conditioning nodes (nodes.py: ConditioningCombine, Concat, Average, SetArea, SetMask,
 ZeroOut); the nodes in nodegraph/nodes/conditioning.py only declare them.
@@ -53,8 +54,9 @@ class AreaFraction:
 class Cond:
     """One conditioning: a text encoding and where, and how strongly, it acts on the latent.
 
-    Fields with their defaults mean "everywhere, at full strength"; more model inputs (SDXL's size conditioning)
-    become more fields with defaults. Tensors live on the CPU in float32; the sampler moves them.
+    Fields with their defaults mean "everywhere, at full strength". The SDXL fields are what the SDXL nodes set
+    (pixels; None: the sampler's default, see adm.cond_adm); SD 1.x/2.x models ignore them. Tensors live on the
+    CPU in float32; the sampler moves them.
     """
 
     context: torch.Tensor  # [B, T, C] text-encoder states (B is usually 1; T a multiple of 77)
@@ -64,9 +66,23 @@ class Cond:
     mask: torch.Tensor | None = None  # [B or 1, H, W] in [0, 1], any resolution: its weight at each cell
     mask_strength: float = 1.0
     set_area_to_bounds: bool = False  # evaluate only over the mask's bounding box (ConditioningSetMask "mask bounds")
+    # SDXL's size conditioning (CLIPTextEncodeSDXL / ...Refiner), in pixels; None: the latent's size, crops 0,
+    # targets = width/height, aesthetic score 6 (positive) or 2.5 (negative)
+    width: int | None = None
+    height: int | None = None
+    crop_w: int | None = None
+    crop_h: int | None = None
+    target_width: int | None = None
+    target_height: int | None = None
+    aesthetic_score: float | None = None  # the refiner's
 
     def replace(self, **changes) -> "Cond":
         return dataclasses.replace(self, **changes)
+
+    def with_model_inputs_of(self, source: "Cond") -> "Cond":
+        """This cond's place (area, mask, strength) with what `source` feeds the model: its text and its size
+        conditioning (what ComfyUI's opposite-area twins copy: the source's model_conds)."""
+        return self.replace(**{name: getattr(source, name) for name in MODEL_INPUTS})
 
     @property
     def is_everywhere(self) -> bool:
@@ -75,6 +91,10 @@ class Cond:
 
 
 Conditioning = tuple[Cond, ...]
+# The fields a Cond feeds the model (its text and size conditioning), as opposed to where and how strongly it acts.
+MODEL_INPUTS = ("context", "pooled", "width", "height", "crop_w", "crop_h", "target_width", "target_height",
+                "aesthetic_score")
+SIZE_FIELDS = MODEL_INPUTS[2:]
 
 
 def as_conditioning(value, what: str = "conditioning") -> Conditioning:
@@ -94,12 +114,19 @@ def as_conditioning(value, what: str = "conditioning") -> Conditioning:
     raise TypeError(f"{what} must be a CONDITIONING (a tuple of Cond) or a context tensor, got {type(value).__name__}")
 
 
-def encode_text(sd, text: str, embedding=None, warn=log.warning) -> Conditioning:
+def encode_text(sd, text: str, embedding=None, warn=log.warning, texts_by_encoder: dict[str, str] | None = None,
+                **size_conditioning) -> Conditioning:
     """A prompt in ComfyUI's syntax (weights, `embedding:name`, any length: nodegraph.sd.prompt) as CONDITIONING:
     one Cond over the whole latent, context [1, 77k, C] and ComfyUI's pooled output (CLIPTextEncode).
-    `embedding(name)` gives an embedding's vectors or None; `warn` hears of missing ones."""
-    context, pooled = prompt.encode_prompt(sd, text, embedding, warn)
-    return (Cond(context=context, pooled=pooled),)
+    `embedding(name)` gives an embedding's vectors or None; `warn` hears of missing ones. `texts_by_encoder` gives
+    encoders texts of their own (CLIPTextEncodeSDXL's text_g/text_l); `size_conditioning` sets Cond's SDXL fields
+    (width=..., aesthetic_score=...)."""
+    unknown = set(size_conditioning) - set(SIZE_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown size conditioning {', '.join(sorted(unknown))}: "
+                        f"it is one of {', '.join(SIZE_FIELDS)}")
+    context, pooled = prompt.encode_prompt(sd, text, embedding, warn, texts_by_encoder)
+    return (Cond(context=context, pooled=pooled, **size_conditioning),)
 
 
 # --- ComfyUI's conditioning nodes --------------------------------------------------------------------------------

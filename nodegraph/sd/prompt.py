@@ -241,23 +241,43 @@ def encode(text_encoder, chunks: list[Chunk], layer: int = -1, layer_norm: bool 
 
 
 def encode_prompt(sd, text: str, embedding: Callable[..., torch.Tensor | None] | None = None,
-                  warn: Callable[[str], None] = log.warning) -> tuple[torch.Tensor, torch.Tensor]:
+                  warn: Callable[[str], None] = log.warning,
+                  texts_by_encoder: dict[str, str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A prompt in ComfyUI's syntax, encoded by a loaded checkpoint's text encoders, each at its layer (the family's,
     or `sd.clip_layer`): (context [1, 77k, C], pooled [1, C']), float32 CPU. With two encoders (SDXL) each reads
     the prompt on its own (its own padding, weights against its own empty prompt) and their states are joined on
     the feature axis, cut to the shorter; the pooled output is the last encoder's (bigG's projected state).
+    `texts_by_encoder` gives some encoders a text of their own ({"clip_g": ..., "clip_l": ...}: CLIPTextEncodeSDXL's
+    text_g and text_l); the others read `text`. Then, as ComfyUI's node does, the encoder with fewer chunks gets
+    empty-prompt chunks appended until both have as many, so neither prompt is cut.
     `embedding(name, encoder=, width=)` gives the vectors of `embedding:name` for an encoder ("clip_l", "clip_g",
     ...) of that width, None when there are none; `warn` hears of the missing ones (once per prompt)."""
+    texts_by_encoder = texts_by_encoder or {}
+    unknown = set(texts_by_encoder) - {recipe.name for recipe in sd.family.text}
+    if unknown:
+        raise ValueError(f"{sd.family.name} has no text encoder {', '.join(sorted(unknown))}: its encoders are "
+                         f"{', '.join(recipe.name for recipe in sd.family.text)}")
     for recipe in sd.family.text:  # a bad layer fails before any work
         sd.text_encoders[recipe.name].layer_index(sd.text_layer(recipe.name))
-    contexts, pooled, warned = [], None, []
+    warned = []
+    tokenized = {}
     for recipe in sd.family.text:
         encoder = sd.text_encoders[recipe.name]
         lookup = None if embedding is None else (
             lambda name, recipe=recipe, width=encoder.config.width: embedding(name, encoder=recipe.name, width=width))
-        chunks = tokenize(sd.tokenizer, text, lookup, encoder.config.width,
-                          lambda message: None if message in warned else warned.append(message), recipe.pad_token)
-        context, pooled = encode(encoder, chunks, sd.text_layer(recipe.name), recipe.layer_norm, recipe.pad_token)
+        tokenized[recipe.name] = tokenize(sd.tokenizer, texts_by_encoder.get(recipe.name, text), lookup,
+                                          encoder.config.width,
+                                          lambda message: None if message in warned else warned.append(message),
+                                          recipe.pad_token)
+    if texts_by_encoder and len(tokenized) > 1:
+        longest = max(len(chunks) for chunks in tokenized.values())
+        for recipe in sd.family.text:
+            empty = chunks_of([], sd.tokenizer.context_length, recipe.pad_token)
+            tokenized[recipe.name] = tokenized[recipe.name] + empty * (longest - len(tokenized[recipe.name]))
+    contexts, pooled = [], None
+    for recipe in sd.family.text:
+        context, pooled = encode(sd.text_encoders[recipe.name], tokenized[recipe.name], sd.text_layer(recipe.name),
+                                 recipe.layer_norm, recipe.pad_token)
         contexts.append(context)
     for message in warned:
         warn(message)

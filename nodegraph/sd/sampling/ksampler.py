@@ -78,6 +78,13 @@ def latent_mask(mask: torch.Tensor, shape: Sequence[int], device: torch.device) 
     return mask.to(device)
 
 
+def model_adm(sd) -> str | None:
+    """The ADM kind of a model's family ("sdxl", "refiner": its UNet takes y), None without one (or without a
+    family: a stand-in model)."""
+    family = getattr(sd, "family", None)
+    return None if family is None else family.adm
+
+
 @dataclass
 class SampleResult:
     latent: torch.Tensor  # raw VAE space, float32 on the CPU
@@ -108,7 +115,8 @@ def sample_along(sd, positive, negative, latent: torch.Tensor, sigmas: torch.Ten
         start = start * sd.latent_scale
     noise, start, sigmas = noise.to(device), start.to(device), sigmas.to(device)
 
-    model = GuidedDenoiser(sd.unet, schedule, positive, negative, cfg, before_each_call=check_interrupt)
+    model = GuidedDenoiser(sd.unet, schedule, positive, negative, cfg, before_each_call=check_interrupt,
+                           adm=model_adm(sd))
     if noise_mask is not None:
         inpaint_noise = noise
         if sampler.random_inpaint_noise:

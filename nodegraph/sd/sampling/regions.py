@@ -8,7 +8,10 @@ never change during a run, so a `RegionPlan` computes them once per latent shape
 - `with_opposite_areas`: every area of the positive gets a twin in the negative (and the other way round) with the
   text of the smallest negative cond around it, so both sides of CFG are evaluated over the same crops;
 - `region_of`: the crop, clamped to the latent; the weight: mask * mask_strength * strength, and an area without
-  a mask fades in over min(8, side // 4) cells at each edge that is not the latent's edge.
+  a mask fades in over min(8, side // 4) cells at each edge that is not the latent's edge;
+- for a model with an ADM (SDXL), each region's y from its cond's pooled output and size conditioning (adm.py),
+  the positive's and the negative's defaults each (a twin is built from the other side's cond, so it gets that
+  side's y, as ComfyUI's twins copy their source's encoded model inputs).
 """
 
 import math
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..adm import cond_adm
 from ..conditioning import Area, AreaFraction, Cond, Conditioning
 
 EDGE_FADE_CELLS = 8  # the most cells an area's edge fades in over
@@ -81,12 +85,13 @@ def _add_twins(conds: list[Cond], others: list[Cond]) -> None:
         source = _twin_source(others, cond.area)
         if source is None or source.area == cond.area:
             continue
-        others.append(cond.replace(context=source.context, pooled=source.pooled))
+        others.append(cond.with_model_inputs_of(source))
 
 
 def with_opposite_areas(positive: Sequence[Cond], negative: Sequence[Cond]) -> tuple[list[Cond], list[Cond]]:
     """Both lists, each area cond of one side twinned on the other: the twin keeps the cond's area, mask and
-    strength and takes the other side's text (ComfyUI's create_cond_with_same_area_if_none, positive first)."""
+    strength and takes the other side's text and size conditioning (ComfyUI's create_cond_with_same_area_if_none,
+    positive first)."""
     positive, negative = list(positive), list(negative)
     _add_twins(positive, negative)
     _add_twins(negative, positive)
@@ -101,6 +106,7 @@ class Region:
     rows: slice
     cols: slice
     weight: torch.Tensor  # [B, C, h, w] on the device
+    y: torch.Tensor | None = None  # [B, adm width] on the device: SDXL's ADM input; None for models without one
 
     @property
     def crop_shape(self) -> tuple[int, int]:
@@ -121,8 +127,10 @@ def _fade_edges(weight: torch.Tensor, area: Area, height: int, width: int) -> No
                 weight.narrow(axis, size - 1 - t, 1).mul_(factor)
 
 
-def region_of(cond: Cond, shape: Sequence[int], device: torch.device) -> Region:
-    """The region of a fitted cond (see fit_to_latent) over a latent of `shape` [B, C, H, W]."""
+def region_of(cond: Cond, shape: Sequence[int], device: torch.device, adm: str | None = None,
+              negative: bool = False) -> Region:
+    """The region of a fitted cond (see fit_to_latent) over a latent of `shape` [B, C, H, W]; with `adm` (the
+    family's kind, "sdxl"/"refiner") its y too, with the defaults of the positive or the `negative` side."""
     batch, channels, height, width = shape
     area = cond.area
     rows, cols = slice(0, height), slice(0, width)
@@ -140,14 +148,15 @@ def region_of(cond: Cond, shape: Sequence[int], device: torch.device) -> Region:
         if area is not None:
             _fade_edges(weight, area, height, width)
     context = repeat_to_batch(cond.context, batch).to(device)
-    return Region(context=context, rows=rows, cols=cols, weight=weight.to(device))
+    y = None if adm is None else repeat_to_batch(cond_adm(cond, adm, height, width, negative), batch).to(device)
+    return Region(context=context, rows=rows, cols=cols, weight=weight.to(device), y=y)
 
 
 def can_batch(first: Region, other: Region) -> bool:
     """Whether two regions go through the model in one call: same crop, contexts that meet at a common length."""
     if first.crop_shape != other.crop_shape or first.context.shape[0] != other.context.shape[0]:
         return False
-    if first.context.shape[2] != other.context.shape[2]:
+    if first.context.shape[2] != other.context.shape[2] or (first.y is None) != (other.y is None):
         return False
     a, b = first.context.shape[1], other.context.shape[1]
     return math.lcm(a, b) // min(a, b) <= MAX_LENGTH_RATIO
@@ -164,15 +173,16 @@ class RegionPlan:
 
     @classmethod
     def build(cls, conditionings: Sequence[Conditioning], shape: Sequence[int], device: torch.device,
-              evaluated: Sequence[bool]) -> "RegionPlan":
+              evaluated: Sequence[bool], adm: str | None = None) -> "RegionPlan":
         """The plan for `conditionings` (positive, negative) over a latent of `shape`; a list whose `evaluated`
-        flag is False (the negative at cfg 1) still twins its areas into the other but is not evaluated."""
+        flag is False (the negative at cfg 1) still twins its areas into the other but is not evaluated. `adm`:
+        the family's ADM kind, for models that take a y (SDXL)."""
         height, width = shape[-2:]
         fitted = [[fit_to_latent(c, height, width) for c in conds] for conds in conditionings]
         if len(fitted) == 2:
             fitted = list(with_opposite_areas(*fitted))
-        regions = [[region_of(c, shape, device) for c in conds] if wanted else []
-                   for conds, wanted in zip(fitted, evaluated)]
+        regions = [[region_of(c, shape, device, adm, negative=index == 1) for c in conds] if wanted else []
+                   for index, (conds, wanted) in enumerate(zip(fitted, evaluated))]
         totals = []
         for listed in regions:
             total = torch.full(tuple(shape), ZERO_WEIGHT_TOTAL, device=device)
