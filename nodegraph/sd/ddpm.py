@@ -1,13 +1,17 @@
-"""DDPM sampling (Ho et al. 2020) as SD 1.x ships it. Three separate pieces, so other samplers can reuse the first
+"""DDPM sampling (Ho et al. 2020) as SD 1.x ships it (and for SD 2.x's v-prediction and SDXL's UNets on the same
+training schedule). Three separate pieces, so other samplers can reuse the first
 two: the noise schedule, the list of timesteps, and the update step."""
 
 from collections.abc import Callable
 
 import torch
 
+from .adm import cond_adm
 from .conditioning import Conditioning, as_conditioning
 from .sampling.guidance import combine_regions, common_token_length, is_plain
+from .sampling.ksampler import model_adm
 from .sampling.regions import RegionPlan
+from .sampling.schedule import DiscreteSchedule
 
 TRAIN_STEPS = 1000
 
@@ -56,14 +60,20 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: int, alphas_cumprod: tor
 
 
 def guided_eps(unet, x: torch.Tensor, t: int, positive: torch.Tensor, negative: torch.Tensor,
-               cfg: float) -> torch.Tensor:
-    """Classifier-free guidance: one UNet call on [negative, positive]; cfg <= 1 skips the negative entirely."""
+               cfg: float, y: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Classifier-free guidance: one UNet call on [negative, positive]; cfg <= 1 skips the negative entirely.
+    `y`: the (positive, negative) ADM vectors of an SDXL UNet."""
     batch = x.shape[0]
-    positive = positive.expand(batch, -1, -1) if positive.shape[0] == 1 else positive
+    expand = lambda tensor: tensor.expand(batch, *tensor.shape[1:]) if tensor.shape[0] == 1 else tensor  # noqa: E731
+    extra = {}
     if cfg <= 1.0:
-        return unet(x, t, positive).float()
-    negative = negative.expand(batch, -1, -1) if negative.shape[0] == 1 else negative
-    eps_negative, eps_positive = unet(torch.cat([x, x]), t, torch.cat([negative, positive])).float().chunk(2)
+        if y is not None:
+            extra["y"] = expand(y[0])
+        return unet(x, t, expand(positive), **extra).float()
+    if y is not None:
+        extra["y"] = torch.cat([expand(y[1]), expand(y[0])])
+    eps_negative, eps_positive = unet(torch.cat([x, x]), t, torch.cat([expand(negative), expand(positive)]),
+                                      **extra).float().chunk(2)
     return eps_negative + cfg * (eps_positive - eps_negative)
 
 
@@ -76,21 +86,40 @@ def whole_latent_only(conditioning, what: str) -> Conditioning:
     return conds
 
 
-def guidance(unet, positive: Conditioning, negative: Conditioning, cfg: float, shape, device) -> Callable:
-    """(x, t) -> the guided noise prediction. One cond per side takes guided_eps; several (ConditioningCombine)
-    average their predictions weighted by strength, as KSampler does, then guide."""
+def guidance(unet, positive: Conditioning, negative: Conditioning, cfg: float, shape, device,
+             adm: str | None = None) -> Callable:
+    """(x, t) -> the guided model output. One cond per side takes guided_eps; several (ConditioningCombine)
+    average their predictions weighted by strength, as KSampler does, then guide. `adm`: the family's ADM kind
+    (SDXL's UNets take each cond's size conditioning as y)."""
     if is_plain(positive) and is_plain(negative):
         contexts = positive[0].context.to(device), negative[0].context.to(device)
         if cfg > 1.0 and contexts[0].shape[1] != contexts[1].shape[1]:
             contexts = common_token_length(*contexts)
-        return lambda x, t: guided_eps(unet, x, t, *contexts, cfg)
-    plan = RegionPlan.build((positive, negative), shape, device, evaluated=(True, cfg > 1.0))
+        y = None if adm is None else tuple(
+            cond_adm(side[0], adm, shape[-2], shape[-1], negative=is_negative).to(device)
+            for side, is_negative in ((positive, False), (negative, True)))
+        return lambda x, t: guided_eps(unet, x, t, *contexts, cfg, y)
+    plan = RegionPlan.build((positive, negative), shape, device, evaluated=(True, cfg > 1.0), adm=adm)
 
     def guided(x: torch.Tensor, t: int) -> torch.Tensor:
-        eps_positive, eps_negative = combine_regions(plan, x, lambda crops, context, _: unet(crops, t, context).float())
+        eps_positive, eps_negative = combine_regions(
+            plan, x, lambda crops, context, _, **y: unet(crops, t, context, **y).float())
         return eps_positive if cfg <= 1.0 else eps_negative + cfg * (eps_positive - eps_negative)
 
     return guided
+
+
+def eps_reader(schedule) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(model output, x_t, alpha-bar at t) -> the predicted noise, for the model types DDPM sampling takes: eps models
+    and v-prediction models (SD 2.x 768-v: eps = sqrt(a) v + sqrt(1 - a) x_t), on SD's training betas."""
+    default = DiscreteSchedule(prediction=schedule.prediction)
+    if schedule.prediction not in ("eps", "v") or schedule != default:
+        raise ValueError(f"DDPM sampling runs eps and v-prediction models on SD's training schedule; this model's is "
+                         f"{schedule.prediction!r}{' with zero terminal SNR' if schedule.zsnr else ''} "
+                         "(ModelSamplingDiscrete): sample it with KSampler")
+    if schedule.prediction == "v":
+        return lambda output, x, a_t: a_t.sqrt() * output + (1.0 - a_t).sqrt() * x
+    return lambda output, x, a_t: output
 
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -117,8 +146,9 @@ def sample(
     an exception raised there stops sampling. Returns float32 on the CPU.
     """
     device = sd.device
-    guided_eps_at = guidance(sd.unet, whole_latent_only(positive, "positive"), whole_latent_only(negative, "negative"),
-                             cfg, latent.shape, device)
+    read_eps = eps_reader(getattr(sd, "schedule", DiscreteSchedule()))
+    guided_output = guidance(sd.unet, whole_latent_only(positive, "positive"), whole_latent_only(negative, "negative"),
+                             cfg, latent.shape, device, model_adm(sd))
     generator = torch.Generator("cpu").manual_seed(int(seed))
 
     def randn() -> torch.Tensor:
@@ -132,7 +162,7 @@ def sample(
         x = randn()
     ratio = TRAIN_STEPS // steps
     for i, t in enumerate(timesteps):
-        eps = guided_eps_at(x, t)
+        eps = read_eps(guided_output(x, t), x, alphas_cumprod[t])
         x = ddpm_step(x, eps, t, t - ratio, alphas_cumprod, randn())
         if callback is not None:
             callback(i + 1, len(timesteps), x)

@@ -9,6 +9,7 @@ does); SDXL's size conditioning is ComfyUI's default (the image size for both si
 when original_size and target_size are left to default.
 """
 
+import dataclasses
 import functools
 import math
 
@@ -19,12 +20,12 @@ from safetensors.torch import load_file
 from checkpoints import write_family_checkpoint
 from family_reference import (SCALE_FACTOR, comfy_euler, reference_parts, refiner_pipeline, sd2_pipeline,
                               sdxl_pipeline, text_encoder)
-from nodegraph.sd import load_checkpoint
+from nodegraph.sd import load_checkpoint, sample
 from nodegraph.sd.adm import refiner_adm, sdxl_adm
 from nodegraph.sd.conditioning import encode_text
 from nodegraph.sd.prompt import encode_prompt
 from nodegraph.sd.sampling import initial_noise, ksampler_sigmas, sample_ksampler
-from parity import psnr, relative_error, to_uint8
+from parity import psnr, relative_error, sd_scheduler, to_uint8
 
 # diffusers' schedulers hand torch tensors to numpy in a way numpy 2 warns about: theirs, not ours
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -244,3 +245,30 @@ def test_refiner_img2img_matches_the_diffusers_pipeline(files):
     moved = relative_error(latent, swapped / sd.latent_scale)
     print(f"refiner with swapped aesthetic scores: latent relative error {moved:.1e}")
     assert moved > 10 * LATENT_TOLERANCE
+
+
+@pytest.mark.parametrize("variant", ["sd2_v", "sdxl"])
+def test_our_ddpm_sampler_runs_v_prediction_and_sdxl_as_diffusers_ddpm(files, variant):
+    """DDPMSample's sampler (nodegraph.sd.ddpm) on a v-prediction SD 2.x model (eps read back from v) and on SDXL
+    (each cond's size conditioning as y), against the pipeline with diffusers' DDPMScheduler on the same seed."""
+    sd, theirs, _ = files(variant)
+    scheduler = sd_scheduler()
+    scheduler.register_to_config(prediction_type={"eps": "epsilon", "v": "v_prediction"}[sd.schedule.prediction])
+    pipe = sdxl_pipeline(theirs, scheduler) if variant == "sdxl" else sd2_pipeline(theirs, scheduler)
+    height, width = 64, 96
+    expected, _ = picture_and_latent(pipe, height, width, num_inference_steps=6, guidance_scale=6.0,
+                                     generator=torch.Generator("cpu").manual_seed(1234))
+    latent = sample(sd, encode_text(sd, PROMPT), encode_text(sd, NEGATIVE), torch.zeros(1, 4, height // 8, width // 8),
+                    seed=1234, steps=6, cfg=6.0)
+    quality = psnr(to_uint8(sd.vae.decode(latent)), expected)
+    print(f"{variant} DDPM picture: PSNR {quality:.1f} dB")
+    assert expected.std() > 10 and quality >= 40
+
+
+def test_our_ddpm_sampler_refuses_schedules_it_cannot_step(files):
+    sd, _, _ = files("sd2")
+    for schedule in (sd.schedule.with_prediction("x0"), sd.schedule.with_prediction("v", zsnr=True)):
+        with pytest.raises(ValueError, match="DDPM sampling runs eps and v-prediction models on SD's training "
+                                             "schedule.*sample it with KSampler"):
+            sample(dataclasses.replace(sd, schedule=schedule), encode_text(sd, PROMPT), encode_text(sd, NEGATIVE),
+                   torch.zeros(1, 4, 8, 8), seed=0, steps=2, cfg=6.0)
