@@ -62,22 +62,25 @@ def lora_fingerprint(env: Environment, lora_name: str) -> dict:
 
 def apply_lora(ctx: RunContext, model, clip, lora_name: str, strength_model: float, strength_clip: float):
     """(model, clip) with the LoRA applied; `clip` None for a model-only loader (its text-encoder keys are then
-    known but not applied). The one implementation behind both nodes."""
+    known but not applied). Each of the model's text encoders (SDXL: clip_l and clip_g) gets its own adapters. The
+    one implementation behind both nodes."""
     if strength_model == 0 and strength_clip == 0:
         return model, clip
     path = model_path(ctx.env, "loras", lora_name)
     tensors = LOADED.get(path, ctx.env.allow_pickled_models)
-    patches = match_lora(path, tensors, unet=model.unet, text_encoder=(clip or model).text_encoder)
+    patches = match_lora(path, tensors, model.unet, (clip or model).text_encoders, family=model.family.name)
     if patches.unmatched:
         ctx.warn(patches.describe_unmatched())
     if strength_model != 0 and not patches.unet:
         ctx.warn(f"{lora_name} has no weights for the diffusion model: strength_model changes nothing")
-    if clip is not None and strength_clip != 0 and not patches.text_encoder:
+    if clip is not None and strength_clip != 0 and not any(patches.text_encoders.values()):
         ctx.warn(f"{lora_name} has no weights for the text encoder: strength_clip changes nothing")
     if patches.unet and strength_model != 0:
         model = dataclasses.replace(model, unet=patch_module(model.unet, patches.unet, strength_model))
-    if clip is not None and patches.text_encoder and strength_clip != 0:
-        clip = clip.with_text_encoder(patch_module(clip.text_encoder, patches.text_encoder, strength_clip))
+    if clip is not None and strength_clip != 0:
+        for name, adapters in patches.text_encoders.items():
+            if adapters:
+                clip = clip.with_text_encoder(patch_module(clip.text_encoders[name], adapters, strength_clip), name)
     return model, clip
 
 
@@ -85,8 +88,8 @@ class LoraLoader(Node):
     DISPLAY_NAME = "Load LoRA"
     CATEGORY = "loaders"
     DESCRIPTION = ("LoRAs modify the diffusion model and its text encoder, e.g. to add a style or a subject. Several "
-                   "LoRA loaders can be chained. Formats: kohya (LDM or diffusers names), LoCon, LoHa, LoKr, DoRA, "
-                   "diffusers/peft.")
+                   "LoRA loaders can be chained. Formats: kohya (LDM or diffusers names; SDXL's lora_te1_/lora_te2_), "
+                   "LoCon, LoHa, LoKr, DoRA, diffusers/peft; for SD 1.x, SD 2.x, SDXL and its refiner.")
     OUTPUTS = {"MODEL": "MODEL", "CLIP": "CLIP"}
 
     class Inputs(NodeInputs):

@@ -7,6 +7,7 @@ A file key is a base name (the layer, see keys.py) plus a suffix naming a factor
 - LoHa (LyCORIS): diff = (w1_a @ w1_b) * (w2_a @ w2_b), elementwise; with Tucker cores t1, t2 for convolutions.
 - LoKr (LyCORIS): diff = kron(w1, w2), each factor whole or as a product a @ b (w2 also with a Tucker core t2).
 - Full differences: diff (weight), diff_b (bias), w_norm / b_norm (a norm layer's weight and bias).
+- Placed / Joined: any of these on part of a parameter (a row block of a fused q/k/v projection, a transpose).
 Each adapter is scaled by alpha / rank when the file gives an alpha (1 otherwise), then by the strength:
 W' = W + strength * (alpha / rank) * diff. With `dora_scale` (DoRA) the merged weight is renormalised instead
 (`weight_decompose`). Everything is computed in float32; the caller casts the result to the model's dtype.
@@ -219,6 +220,54 @@ class Difference(Adapter):
 
     def diff(self, device) -> torch.Tensor:
         return _f32(self.tensor, device)
+
+
+@dataclass(frozen=True, eq=False)
+class Placed(Adapter):
+    """An adapter of part of a parameter (ComfyUI's offset patches): rows [start, stop) of a fused projection
+    (OpenCLIP's in_proj_weight holds q, k and v, which LoRA files name as three layers), or the parameter's
+    transpose (OpenCLIP's text_projection [width, projection] is the transpose of the linear's weight files name)."""
+
+    adapter: Adapter = None
+    rows: tuple[int, int] | None = None
+    transposed: bool = False
+
+    def region_shape(self, shape: torch.Size) -> torch.Size:
+        if self.transposed:
+            shape = torch.Size([shape[1], shape[0], *shape[2:]])
+        return torch.Size([self.rows[1] - self.rows[0], *shape[1:]]) if self.rows is not None else shape
+
+    def fits(self, weight_shape: torch.Size) -> str | None:
+        if self.rows is not None and self.rows[1] > weight_shape[0]:
+            return f"changes rows {self.rows[0]}:{self.rows[1]} of a {tuple(weight_shape)} parameter"
+        return self.adapter.fits(self.region_shape(weight_shape))
+
+    def apply(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
+        region = weight.t() if self.transposed else weight
+        if self.rows is not None:
+            region = region[self.rows[0]:self.rows[1]]
+        # A row block of a contiguous weight is contiguous and is changed where it lies; a transpose is changed
+        # in a contiguous copy and written back. DoRA returns a new tensor: written back too.
+        work = region if region.is_contiguous() else region.contiguous()
+        result = self.adapter.apply(work, strength)
+        if result is not region:
+            region.copy_(result)
+        return weight
+
+
+@dataclass(frozen=True, eq=False)
+class Joined(Adapter):
+    """Several adapters of disjoint parts of one parameter, from one file (q, k and v of one in_proj_weight)."""
+
+    parts: tuple[Placed, ...] = ()
+
+    def fits(self, weight_shape: torch.Size) -> str | None:
+        return next((problem for part in self.parts if (problem := part.fits(weight_shape)) is not None), None)
+
+    def apply(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
+        for part in self.parts:
+            weight = part.apply(weight, strength)
+        return weight
 
 
 def weight_decompose(weight: torch.Tensor, diff: torch.Tensor, dora_scale: torch.Tensor, strength: float) -> torch.Tensor:
