@@ -14,7 +14,6 @@ from checkpoints import TINY_BIGG, TINY_CLIP_L, TINY_OPENCLIP, write_family_chec
 from engine_fixtures import folders_env
 from nodegraph.nodes import RunContext, builtin_registry
 from nodegraph.sd import load_checkpoint
-from nodegraph.sd.embeddings import EmbeddingError
 from nodegraph.sd.tokenizer import BOS, EOS
 
 NAME = "xl-style"
@@ -160,17 +159,20 @@ def test_sdxl_embedding_matches_diffusers_load_textual_inversion_on_both_encoder
 # --- an SD 1.x embedding on SDXL -----------------------------------------------------------------------------------
 
 
-def test_an_sd1_embedding_is_refused_on_sdxl_naming_the_file(models, tmp_path):
-    """One CLIP-L-wide tensor fits SDXL's CLIP-L but not bigG: refused with the file and both widths, where
-    ComfyUI warns and encodes bigG's half without it (its slots dropped, the chunk padded)."""
+def test_an_sd1_embedding_on_sdxl_reaches_clip_l_and_is_left_out_of_bigg_with_a_warning(models, tmp_path):
+    """One CLIP-L-wide tensor fits SDXL's CLIP-L but not bigG: as ComfyUI ("shape mismatch ... embedding will be
+    ignored"), CLIP-L reads it and bigG's reading of the prompt goes without it, with a warning naming both."""
     _, sd = models["sdxl"]
-    env = env_with(tmp_path, {"sd15-style.safetensors": {"emb_params": vectors(2, TINY_CLIP_L.width, seed=6)}})
-    with pytest.raises(EmbeddingError) as caught:
-        encode_node(env, sd, "a embedding:sd15-style red circle")
-    message = str(caught.value)
-    assert "sd15-style.safetensors" in message
-    assert f"its vectors are {TINY_CLIP_L.width} wide, but this text encoder's are {TINY_BIGG.width}" in message
-    # on SD 1.x-shaped models, and on SDXL's CLIP-L alone, the same file is fine: the width is what decides
-    sdxl_file = env_with(tmp_path / "xl", {"sd15-style.safetensors": {"clip_l": vectors(2, TINY_CLIP_L.width, 6),
-                                                                      "clip_g": vectors(2, TINY_BIGG.width, 7)}})
-    assert encode_node(sdxl_file, sd, "a embedding:sd15-style red circle")[1] == []
+    style = vectors(2, TINY_CLIP_L.width, seed=6)
+    env = env_with(tmp_path, {"sd15-style.safetensors": {"emb_params": style}})
+    encoded, warnings = encode_node(env, sd, "a embedding:sd15-style red circle")
+    assert len(warnings) == 1
+    assert f"has {TINY_CLIP_L.width}-wide vectors, but the clip_g encoder takes {TINY_BIGG.width}" in warnings[0]
+    assert "left out of that encoder's reading of the prompt" in warnings[0]
+    # CLIP-L's half is the prompt with the embedding, bigG's the prompt without it
+    with_style, _ = encode_node(env_with(tmp_path / "both", {"x.safetensors": {
+        "clip_l": style, "clip_g": vectors(2, TINY_BIGG.width, seed=7)}}), sd, "a embedding:x red circle")
+    without, _ = encode_node(env, sd, "a red circle")
+    width = TINY_CLIP_L.width
+    assert torch.equal(encoded.context[..., :width], with_style.context[..., :width])
+    assert torch.equal(encoded.context[..., width:], without.context[..., width:])

@@ -86,12 +86,11 @@ def test_a_missing_embedding_encodes_as_the_prompt_without_it(env, sd):
     assert len(warnings) == 1 and torch.equal(encoded.context, encode_node(env, sd, "a red circle")[0].context)
 
 
-def test_an_embedding_of_another_width_fails_the_node_naming_the_file(sd_env):
-    add_embedding(sd_env, "sd2-style.safetensors", {"emb_params": vectors(2, 1024)})
-    with pytest.raises(NodeFailed) as failure:
-        Executor(sd_env).run(prompt_flow("embedding:sd2-style red"))
-    assert failure.value.node_id == "pos"
-    assert "sd2-style.safetensors" in failure.value.message and "1024 wide" in failure.value.message
+def test_an_embedding_of_another_width_is_left_out_with_a_warning_as_comfyui_does(env, sd):
+    add_embedding(env, "sd2-style.safetensors", {"emb_params": vectors(2, 1024)})
+    encoded, warnings = encode_node(env, sd, "a embedding:sd2-style red circle")
+    assert len(warnings) == 1 and "embedding:sd2-style has 1024-wide vectors" in warnings[0]
+    assert torch.equal(encoded.context, encode_node(env, sd, "a red circle")[0].context)
 
 
 def test_a_corrupt_embedding_fails_the_node_naming_the_file(sd_env):

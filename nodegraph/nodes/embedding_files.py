@@ -49,13 +49,13 @@ def _find(env: Environment, name: str) -> Path | None:
 
 
 def embedding_lookup(env: Environment) -> Callable[..., torch.Tensor | None]:
-    """`embedding(name, encoder=, width=) -> vectors [n, width] | None` over the env's embeddings folders, for
-    nodegraph.sd.prompt (`encoder`: the text encoder's name, which picks an SDXL file's clip_l or clip_g vectors). A
-    file that is there but unreadable, or of another width, raises EmbeddingError naming it."""
+    """`embedding(name, encoder=) -> vectors [n, W] | None` over the env's embeddings folders, for nodegraph.sd.prompt
+    (`encoder`: the text encoder's name, which picks an SDXL file's clip_l or clip_g vectors; the prompt checks
+    their width). A file that is there but unreadable raises EmbeddingError naming it."""
 
-    def embedding(name: str, encoder: str | None = None, width: int | None = None) -> torch.Tensor | None:
+    def embedding(name: str, encoder: str | None = None) -> torch.Tensor | None:
         path = embedding_file(env, name)
-        return None if path is None else read_embedding(path, width, env.allow_pickled_models, encoder)
+        return None if path is None else read_embedding(path, allow_pickle=env.allow_pickled_models, encoder=encoder)
 
     return embedding
 

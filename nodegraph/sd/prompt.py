@@ -149,8 +149,10 @@ def find_embedding(name: str, embedding: EmbeddingLookup | None) -> tuple[torch.
 
 
 def token_groups(tokenizer, text: str, embedding: EmbeddingLookup | None = None, width: int | None = None,
-                 warn: Callable[[str], None] = log.warning) -> list[list[tuple[Token, float]]]:
-    """The prompt's groups of (token, weight): one per weighted piece of text, one per embedding."""
+                 warn: Callable[[str], None] = log.warning,
+                 encoder: str | None = None) -> list[list[tuple[Token, float]]]:
+    """The prompt's groups of (token, weight): one per weighted piece of text, one per embedding. An embedding
+    missing, or of another width than the `encoder`'s `width`, is left out with a warning."""
     groups = []
     for piece in pieces(text):
         words = piece.text
@@ -162,10 +164,12 @@ def token_groups(tokenizer, text: str, embedding: EmbeddingLookup | None = None,
                      "'embedding:' is not followed by a name: it is left out of the prompt")
             else:
                 vectors = vectors.reshape(-1, vectors.shape[-1])
-                if width is not None and vectors.shape[1] != width:
-                    raise ValueError(f"embedding:{name} has {vectors.shape[1]}-wide vectors, but this text encoder "
-                                     f"takes {width}: it was trained for another model family")
-                groups.append([(vector, piece.weight) for vector in vectors])
+                if width is not None and vectors.shape[1] != width:  # ComfyUI warns and leaves it out, so do we
+                    warn(f"embedding:{name} has {vectors.shape[1]}-wide vectors, but the {encoder or 'text'} encoder "
+                         f"takes {width}-wide ones (an embedding of another model family): it is left out of "
+                         f"{'that encoder' + chr(39) + 's reading of ' if encoder else ''}the prompt, as ComfyUI does")
+                else:
+                    groups.append([(vector, piece.weight) for vector in vectors])
             words = " ".join(part for part in (commas, rest) if part)
             if not words:
                 continue
@@ -197,9 +201,10 @@ def chunks_of(groups: list[list[tuple[Token, float]]], length: int = 77, pad_tok
 
 
 def tokenize(tokenizer, text: str, embedding: EmbeddingLookup | None = None, width: int | None = None,
-             warn: Callable[[str], None] = log.warning, pad_token: int = EOS) -> list[Chunk]:
+             warn: Callable[[str], None] = log.warning, pad_token: int = EOS, encoder: str | None = None) -> list[Chunk]:
     """A prompt in ComfyUI's syntax -> its chunks, each `tokenizer.context_length` (token, weight) pairs."""
-    return chunks_of(token_groups(tokenizer, text, embedding, width, warn), tokenizer.context_length, pad_token)
+    return chunks_of(token_groups(tokenizer, text, embedding, width, warn, encoder), tokenizer.context_length,
+                     pad_token)
 
 
 # --- encoding -------------------------------------------------------------------------------------------------
@@ -250,8 +255,9 @@ def encode_prompt(sd, text: str, embedding: Callable[..., torch.Tensor | None] |
     `texts_by_encoder` gives some encoders a text of their own ({"clip_g": ..., "clip_l": ...}: CLIPTextEncodeSDXL's
     text_g and text_l); the others read `text`. Then, as ComfyUI's node does, the encoder with fewer chunks gets
     empty-prompt chunks appended until both have as many, so neither prompt is cut.
-    `embedding(name, encoder=, width=)` gives the vectors of `embedding:name` for an encoder ("clip_l", "clip_g",
-    ...) of that width, None when there are none; `warn` hears of the missing ones (once per prompt)."""
+    `embedding(name, encoder=)` gives the vectors of `embedding:name` for an encoder ("clip_l", "clip_g", ...),
+    None when there are none; vectors of another width than the encoder's are left out of it with a warning, as
+    ComfyUI does; `warn` hears of the missing ones (once per prompt)."""
     texts_by_encoder = texts_by_encoder or {}
     unknown = set(texts_by_encoder) - {recipe.name for recipe in sd.family.text}
     if unknown:
@@ -263,12 +269,11 @@ def encode_prompt(sd, text: str, embedding: Callable[..., torch.Tensor | None] |
     tokenized = {}
     for recipe in sd.family.text:
         encoder = sd.text_encoders[recipe.name]
-        lookup = None if embedding is None else (
-            lambda name, recipe=recipe, width=encoder.config.width: embedding(name, encoder=recipe.name, width=width))
+        lookup = None if embedding is None else (lambda name, recipe=recipe: embedding(name, encoder=recipe.name))
         tokenized[recipe.name] = tokenize(sd.tokenizer, texts_by_encoder.get(recipe.name, text), lookup,
                                           encoder.config.width,
                                           lambda message: None if message in warned else warned.append(message),
-                                          recipe.pad_token)
+                                          recipe.pad_token, recipe.name if len(sd.family.text) > 1 else None)
     if texts_by_encoder and len(tokenized) > 1:
         longest = max(len(chunks) for chunks in tokenized.values())
         for recipe in sd.family.text:

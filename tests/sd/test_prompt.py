@@ -8,6 +8,8 @@ encode_token_weights), not computed by our code.
 
 import dataclasses
 
+import re
+
 import pytest
 import torch
 
@@ -168,9 +170,13 @@ def test_a_missing_embedding_is_left_out_with_a_warning(tokenizer):
     assert len(warnings) == 1 and "embedding:nowhere" in warnings[0] and "left out" in warnings[0]
 
 
-def test_an_embedding_of_another_width_is_refused_by_name(tokenizer):
-    with pytest.raises(ValueError, match=r"embedding:wide has 256-wide vectors.*takes 128"):
-        prompt.tokenize(tokenizer, "embedding:wide", lookup_of({"wide": vectors(2, 256)}), width=128)
+def test_an_embedding_of_another_width_is_left_out_with_a_warning(tokenizer):
+    # ComfyUI's "shape mismatch when trying to apply embedding, embedding will be ignored"
+    warnings = []
+    chunks = prompt.tokenize(tokenizer, "embedding:wide red cat", lookup_of({"wide": vectors(2, 256)}), width=128,
+                             warn=warnings.append)
+    assert chunks == [padded(RED, CAT)]
+    assert len(warnings) == 1 and re.search(r"embedding:wide has 256-wide vectors.*takes 128.*left out", warnings[0])
 
 
 def test_embedding_names_lists_what_a_prompt_looks_up():
