@@ -1,5 +1,6 @@
-"""ComfyUI's own SD1.5 workflow templates (PyPI comfyui-workflow-templates 0.1.95): each converts to the API prompt
-ComfyUI's frontend queues for it, and default.json and image2image.json run unchanged through `python -m nodegraph`.
+"""ComfyUI's own workflow templates (PyPI comfyui-workflow-templates 0.1.95): the SD1.5 ones convert to the API prompt
+ComfyUI's frontend queues for them, default.json and image2image.json run unchanged through `python -m nodegraph`,
+and so do the SDXL ones (base -> refiner, refiner prompts, SDXL Turbo).
 
 The expected prompts are written from the files and the frontend's rules (graphToPrompt: widget values by the
 node's inputs, control and upload values skipped, Notes dropped, _meta.title the node's title or display name), not
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from checkpoints import write_family_checkpoint
 from engine_fixtures import all_files, env  # noqa: F401  (env is a fixture)
 from formats_standins import STANDINS, standin_registry
 from nodegraph.cli import main
@@ -254,3 +256,36 @@ def test_a_bad_api_prompt_exits_2_naming_node_and_input_and_runs_nothing(tmp_pat
     assert "node '5' (EmptyLatentImageXL): unknown node type 'EmptyLatentImageXL'" in err
     assert "node '8' (VAEDecode), input 'samples': required input is missing" in err
     assert not (tmp_path / "out").exists()
+
+
+SDXL_TEMPLATES = {  # template -> (checkpoints it asks for, --set options that shrink it, its SaveImage node)
+    "sdxl_simple_example": (["sd_xl_base_1.0.safetensors", "sd_xl_refiner_1.0.safetensors"],
+                            ["10.steps=4", "10.end_at_step=3", "11.steps=4", "11.start_at_step=3"], "19"),
+    "sdxl_refiner_prompt_example": (["sd_xl_base_1.0.safetensors", "sd_xl_refiner_1.0.safetensors"],
+                                    ["10.steps=4", "10.end_at_step=3", "11.steps=4", "11.start_at_step=3"], "19"),
+    "sdxlturbo_example": (["sd_xl_turbo_1.0_fp16.safetensors"], [], "27"),
+}
+
+
+@pytest.mark.parametrize("name", SDXL_TEMPLATES)
+def test_comfyuis_sdxl_templates_run_unchanged(tmp_path_factory, name):
+    """ComfyUI's SDXL templates as shipped (base -> refiner with KSamplerAdvanced and its PrimitiveNodes; the refiner
+    with its own prompts; SDXL Turbo with SDTurboScheduler + SamplerCustom), on tiny random SDXL base and refiner
+    files under the names they ask for. The latent is cut to 64x64 and the steps to 4 with --set."""
+    root = tmp_path_factory.mktemp(name)
+    models = root / "models" / "checkpoints"
+    models.mkdir(parents=True)
+    wanted, options, save_id = SDXL_TEMPLATES[name]
+    for checkpoint_name in wanted:
+        write_family_checkpoint(models / checkpoint_name, "sdxl_refiner" if "refiner" in checkpoint_name else "sdxl")
+    (root / f"{name}.json").write_bytes((TEMPLATES / f"{name}.json").read_bytes())
+    sets = [arg for option in ["5.width=64", "5.height=64", *options] for arg in ("--set", option)]
+    run = nodegraph("run", f"{name}.json", "--device", "cpu", *sets, "--output", "out", cwd=root)
+    assert run.returncode == 0, run.stderr
+    [png] = all_files(root / "out")
+    with Image.open(png) as image:
+        assert image.size == (64, 64) and len(set(image.getdata())) > 1
+    prompt = png_workflows(png)["prompt"]
+    assert prompt[save_id]["class_type"] == "SaveImage"
+    assert {node["inputs"]["ckpt_name"] for node in prompt.values() if node["class_type"] == "CheckpointLoaderSimple"} \
+        == set(wanted)
