@@ -22,7 +22,7 @@ from nodegraph.sd.prompt import chunks_of, encode, encode_prompt, tokenize
 from nodegraph.sd.sampling import DiscreteSchedule, GuidedDenoiser, sample_ksampler
 from nodegraph.sd.sampling.regions import RegionPlan
 from parity import relative_error
-from test_unet_families import diffusers_unet
+from family_reference import diffusers_unet
 
 SCHEDULE = DiscreteSchedule()
 TOLERANCE = 1e-4

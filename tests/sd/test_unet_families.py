@@ -5,7 +5,6 @@ them with diffusers' own single-file functions into its UNet2DConditionModel, bu
 the loader does), and compares the predictions. The SDXL-like ones pass diffusers its `text_embeds` and `time_ids`
 and us the ADM vector from nodegraph.sd.adm, which so is tested against diffusers' size embeddings too."""
 
-import warnings
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ import torch
 from checkpoints import randomize
 from nodegraph.sd.adm import refiner_adm, sdxl_adm
 from nodegraph.sd.unet import UNet, UNetConfig
+from family_reference import diffusers_unet
 from parity import relative_error
 
 POOLED = 64  # a small stand-in for bigG's 1280-wide pooled embedding
@@ -32,37 +32,6 @@ FAMILIES = {  # tiny configs with each family's features
 SIZES = {"height": 1024, "width": 832, "crop_h": 48, "crop_w": 16}  # all different, so their order shows
 TARGET = {"target_height": 896, "target_width": 1152}
 AESTHETIC = 6.0
-
-
-def ldm_unet_params(config: UNetConfig) -> dict:
-    """The LDM yaml's unet_config params for a config (diffusers' converter reads per-level depths only)."""
-    levels, blocks = len(config.channel_mult), config.num_res_blocks
-    per_level = [config.input_depths[level * blocks] for level in range(levels)]
-    assert config.middle_depth == per_level[-1] or config.transformer_depth_input is None
-    assert config.output_depths == tuple(d for d in reversed(per_level) for _ in range(blocks + 1))
-    heads = {"num_heads": 8} if config.head_size is None else {"num_head_channels": config.head_size}
-    return {"in_channels": config.in_channels, "out_channels": config.out_channels, "model_channels": config.model_channels,
-            "attention_resolutions": [2 ** level for level in config.attention_levels], "num_res_blocks": blocks,
-            "channel_mult": list(config.channel_mult), "context_dim": config.context_dim,
-            "transformer_depth": config.transformer_depth if config.transformer_depth_input is None else per_level,
-            "use_linear_in_transformer": config.linear_projection, **heads}
-
-
-def diffusers_unet(checkpoint: dict, config: UNetConfig):
-    from diffusers import UNet2DConditionModel
-    from diffusers.loaders import single_file_utils as sfu
-
-    original = {"model": {"params": {"unet_config": {"params": ldm_unet_params(config)},
-                                     "first_stage_config": {"params": {"ddconfig": {"ch_mult": [1, 2, 4, 4]}}}}}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        unet_config = sfu.create_unet_diffusers_config_from_ldm(original, checkpoint, image_size=128)
-    if config.adm_in_channels:  # diffusers recognizes SDXL by context 2048/1280 only; say so for small ones
-        unet_config.update(addition_embed_type="text_time", addition_time_embed_dim=256, class_embed_type=None,
-                           projection_class_embeddings_input_dim=config.adm_in_channels)
-    unet = UNet2DConditionModel(**unet_config)
-    unet.load_state_dict(sfu.convert_ldm_unet_checkpoint(checkpoint, unet_config), strict=True)
-    return unet.eval()
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
