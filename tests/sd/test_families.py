@@ -162,3 +162,27 @@ def test_full_size_files_are_told_and_their_configs_read_back_on_the_meta_device
         assert detect_family(shapes) == family
         unet = {key[len("model.diffusion_model."):]: t for key, t in shapes.items() if key.startswith("model.diffusion_model.")}
         assert UNetConfig.from_state_dict(unet, head_size=family.head_size) == parts["model.diffusion_model."].config
+
+
+def test_weighted_prompts_on_sdxl_weight_each_encoder_against_its_own_empty_prompt(tmp_path):
+    """ComfyUI's weighting (z_empty + (z - z_empty) * w at weighted positions) runs per encoder: CLIP-L against its
+    EOS-padded empty prompt, bigG against its 0-padded one, each at its own layer without the final norm."""
+    from nodegraph.sd.conditioning import encode_text
+    sd = load_checkpoint(write_family_checkpoint(tmp_path / "xl.safetensors", "sdxl"), device="cpu",
+                         dtype=torch.float32)
+    (encoded,) = encode_text(sd, "a (red:1.5) circle")
+    tokens = sd.tokenizer.tokens
+    red = len(tokens("a")) + 1  # after BOS and "a"
+    expected = []
+    for recipe in sd.family.text:
+        encoder = sd.text_encoders[recipe.name]
+        ids = torch.cat([sd.tokenizer(["a red circle"], pad_token=recipe.pad_token),
+                         sd.tokenizer([""], pad_token=recipe.pad_token)])
+        states, _ = encoder.from_embeddings(encoder.token_embeddings(ids), -2, False)
+        z, empty = states[0], states[1]
+        weighted = z.clone()
+        weighted[red: red + len(tokens("red"))] = empty[red: red + len(tokens("red"))] + \
+            (z[red: red + len(tokens("red"))] - empty[red: red + len(tokens("red"))]) * 1.5
+        expected.append(weighted)
+    torch.testing.assert_close(encoded.context[0], torch.cat(expected, dim=-1), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(encoded.context, encode_text(sd, "a red circle")[0].context, atol=1e-3)
