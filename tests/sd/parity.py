@@ -27,3 +27,24 @@ def sd_scheduler():
     from diffusers import DDPMScheduler
     return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                          steps_offset=1, timestep_spacing="leading")
+
+
+def comfy_add_twin(conds: list, c: dict, carried: str) -> None:
+    """ComfyUI's samplers.py create_cond_with_same_area_if_none, transcribed for the tests: an area cond on one side of
+    CFG gets a twin over the same area among the other side's `conds`, carrying `carried` (the text, or the model
+    conds) of the smallest cond there that contains the area."""
+    if "area" not in c:
+        return
+    h, w, y, x = c["area"]
+    smallest = None
+    for other in conds:
+        if "area" in other:
+            oh, ow, oy, ox = other["area"]
+            if y >= oy and x >= ox and y + h <= oy + oh and x + w <= ox + ow:
+                if smallest is None or "area" not in smallest or math.prod(smallest["area"][:2]) > oh * ow:
+                    smallest = other
+        elif smallest is None:
+            smallest = other
+    if smallest is None or smallest.get("area") == c["area"]:
+        return
+    conds.append({**c, carried: smallest[carried]})

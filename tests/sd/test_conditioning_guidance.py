@@ -17,6 +17,7 @@ from nodegraph.sd import ddpm
 from nodegraph.sd.conditioning import Area, AreaFraction, Cond
 from nodegraph.sd.sampling import DiscreteSchedule, GuidedDenoiser, ksampler_sigmas, initial_noise, sample_ksampler
 from nodegraph.sd.sampling.regions import fit_to_latent, region_of
+from parity import comfy_add_twin
 
 SCHEDULE = DiscreteSchedule()
 WIDTH = 8  # context channels of the stand-in
@@ -73,24 +74,6 @@ def resolve(options: dict, height: int, width: int) -> dict:
     return options
 
 
-def add_twin(conds: list, c: dict) -> None:
-    if "area" not in c:
-        return
-    h, w, y, x = c["area"]
-    smallest = None
-    for other in conds:
-        if "area" in other:
-            oh, ow, oy, ox = other["area"]
-            if y >= oy and x >= ox and y + h <= oy + oh and x + w <= ox + ow:
-                if smallest is None or "area" not in smallest or math.prod(smallest["area"][:2]) > oh * ow:
-                    smallest = other
-        elif smallest is None:
-            smallest = other
-    if smallest is None or smallest.get("area") == c["area"]:
-        return
-    conds.append({**c, "context": smallest["context"]})
-
-
 def area_and_mult(options: dict, x: torch.Tensor):
     batch, channels, height, width = x.shape
     y0, x0, h, w = 0, 0, height, width
@@ -127,7 +110,7 @@ def reference_denoiser(unet, positive, negative, cfg):
             for c in conds[side]:
                 for other in conds:
                     if other != side:
-                        add_twin(conds[other], c)
+                        comfy_add_twin(conds[other], c, carried="context")
         outputs = []
         for listed in (conds["positive"], None if math.isclose(cfg, 1.0) else conds["negative"]):
             out, counts = torch.zeros_like(x), torch.ones_like(x) * 1e-37

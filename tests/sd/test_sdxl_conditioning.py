@@ -7,7 +7,6 @@ against diffusers' time embeddings in test_unet_families.py); whole denoiser cal
 checkpoints are checked against diffusers' UNet given the same numbers as `time_ids`, with a reference of ComfyUI's
 procedure for area prompts written here on ComfyUI's own data shape (a dict per cond, each evaluated alone)."""
 
-import math
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from nodegraph.sd.conditioning import Area, AreaFraction, Cond
 from nodegraph.sd.prompt import chunks_of, encode, encode_prompt, tokenize
 from nodegraph.sd.sampling import DiscreteSchedule, GuidedDenoiser, sample_ksampler
 from nodegraph.sd.sampling.regions import RegionPlan
-from parity import relative_error
+from parity import comfy_add_twin, relative_error
 from family_reference import diffusers_unet
 
 SCHEDULE = DiscreteSchedule()
@@ -177,24 +176,6 @@ def comfy_encode_adm(kind: str, options: dict, noise_shape, prompt_type: str) ->
     return torch.tensor([numbers], dtype=torch.float32)
 
 
-def add_twin(conds: list, c: dict) -> None:
-    if "area" not in c:
-        return
-    h, w, y, x = c["area"]
-    smallest = None
-    for other in conds:
-        if "area" in other:
-            oh, ow, oy, ox = other["area"]
-            if y >= oy and x >= ox and y + h <= oy + oh and x + w <= ox + ow:
-                if smallest is None or "area" not in smallest or math.prod(smallest["area"][:2]) > oh * ow:
-                    smallest = other
-        elif smallest is None:
-            smallest = other
-    if smallest is None or smallest.get("area") == c["area"]:
-        return
-    conds.append({**c, "model_conds": smallest["model_conds"]})
-
-
 def area_mult(options: dict, x: torch.Tensor):
     batch, channels, height, width = x.shape
     h, w, y0, x0 = options.get("area", (height, width, 0, 0))
@@ -225,7 +206,7 @@ def comfy_denoiser(unet, kind, positive, negative, cfg):
             for c in list(conds[side]):
                 for other in conds:
                     if other != side:
-                        add_twin(conds[other], c)
+                        comfy_add_twin(conds[other], c, carried="model_conds")
         outputs = []
         for listed in (conds["positive"], conds["negative"]):
             out, counts = torch.zeros_like(x), torch.ones_like(x) * 1e-37
