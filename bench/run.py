@@ -416,7 +416,7 @@ def bench_samplers(repeats: int, size: int = 512, steps: int = 20, scheduler: st
                       "hold_ms": hold_ms, "unet_at_once": instant, "unet_holds": held})
 
 
-SECTIONS = ["unet", "vae", "bigvae", "load", "executor", "txt2img", "samplers", "lora"]
+SECTIONS = ["unet", "vae", "bigvae", "load", "executor", "txt2img", "samplers", "lora", "sdxl"]
 
 
 def main() -> None:
@@ -454,6 +454,9 @@ def main() -> None:
     if "lora" in sections:
         from bench.lora import bench_lora
         bench_lora(path, max(1, args.repeats // 2))
+    if "sdxl" in sections:
+        from bench.sdxl import bench_sdxl
+        bench_sdxl(args.repeats)
 
 
 if __name__ == "__main__":
