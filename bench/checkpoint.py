@@ -7,6 +7,7 @@ from safetensors.torch import save_file
 
 from nodegraph.sd.checkpoint import PARTS
 from nodegraph.sd.clip import TextEncoder, TextEncoderConfig
+from nodegraph.sd.openclip import OpenCLIPTextConfig
 from nodegraph.sd.unet import UNet, UNetConfig
 from nodegraph.sd.vae import VAE, VAEConfig
 
@@ -53,3 +54,16 @@ def tensor_bytes(path: Path) -> int:
                 count *= n
             total += count * {"F16": 2, "BF16": 2, "F32": 4, "I64": 8}[tensor_slice.get_dtype()]
     return total
+
+
+# --- the families' full-size configs, as the real files' shapes give them (bench, and the tests' size checks) -------
+
+SD2_UNET = UNetConfig(context_dim=1024, linear_projection=True, head_size=64)
+SDXL_UNET = UNetConfig(model_channels=320, channel_mult=(1, 2, 4), attention_levels=(1, 2), transformer_depth=2,
+                       context_dim=2048, linear_projection=True, head_size=64, adm_in_channels=2816,
+                       transformer_depth_input=(0, 0, 2, 2, 10, 10), transformer_depth_middle=10,
+                       transformer_depth_output=(10, 10, 10, 2, 2, 2, 0, 0, 0))
+REFINER_UNET = UNetConfig(model_channels=384, channel_mult=(1, 2, 4, 4), attention_levels=(1, 2), transformer_depth=4,
+                          context_dim=1280, linear_projection=True, head_size=64, adm_in_channels=2560)
+VIT_H = OpenCLIPTextConfig(width=1024, layers=24, mlp_width=4096, projection_dim=1024)  # SD 2.x
+BIG_G = OpenCLIPTextConfig(width=1280, layers=32, mlp_width=5120, projection_dim=1280)  # SDXL base and refiner

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from bench.checkpoint import CACHE, tensor_bytes
+from bench.checkpoint import BIG_G, CACHE, SDXL_UNET, tensor_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = CACHE / "sdxl-random-fp16.safetensors"
@@ -49,19 +49,14 @@ SDXL_LDM = {"model": {"params": {
 def sdxl_parts():
     """(file prefix, module on the meta device) of each part of an SDXL base file."""
     from nodegraph.sd.clip import TextEncoder, TextEncoderConfig
-    from nodegraph.sd.openclip import OpenCLIPTextConfig, OpenCLIPTextEncoder
-    from nodegraph.sd.unet import UNet, UNetConfig
+    from nodegraph.sd.openclip import OpenCLIPTextEncoder
+    from nodegraph.sd.unet import UNet
     from nodegraph.sd.vae import VAE, VAEConfig
 
-    unet = UNetConfig(model_channels=320, channel_mult=(1, 2, 4), attention_levels=(1, 2), transformer_depth=2,
-                      context_dim=2048, linear_projection=True, head_size=64, adm_in_channels=2816,
-                      transformer_depth_input=(0, 0, 2, 2, 10, 10), transformer_depth_middle=10,
-                      transformer_depth_output=(10, 10, 10, 2, 2, 2, 0, 0, 0))
-    big_g = OpenCLIPTextConfig(width=1280, layers=32, mlp_width=5120, projection_dim=1280)
     with torch.device("meta"):
-        return [("model.diffusion_model.", UNet(unet)), ("first_stage_model.", VAE(VAEConfig())),
+        return [("model.diffusion_model.", UNet(SDXL_UNET)), ("first_stage_model.", VAE(VAEConfig())),
                 ("conditioner.embedders.0.transformer.", TextEncoder(TextEncoderConfig())),
-                ("conditioner.embedders.1.model.", OpenCLIPTextEncoder(big_g))]
+                ("conditioner.embedders.1.model.", OpenCLIPTextEncoder(BIG_G))]
 
 
 def random_like(key: str, meta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -141,9 +141,7 @@ def full_size_shapes(parts: dict[str, torch.nn.Module]) -> dict:
 
 
 def test_full_size_files_are_told_and_their_configs_read_back_on_the_meta_device():
-    from test_text_encoder_sizes import BIG_G, VIT_H
-    from test_unet_sizes import REFINER, SD2 as SD2_UNET, SDXL as SDXL_UNET
-
+    from bench.checkpoint import BIG_G, REFINER_UNET as REFINER, SD2_UNET, SDXL_UNET, VIT_H
     from nodegraph.sd.clip import TextEncoder
     from nodegraph.sd.openclip import OpenCLIPTextEncoder
     from nodegraph.sd.unet import UNet, UNetConfig

@@ -5,10 +5,9 @@ import pytest
 import torch
 
 from nodegraph.sd.clip import TextEncoder, TextEncoderConfig
+from bench.checkpoint import BIG_G, VIT_H
 from nodegraph.sd.openclip import OpenCLIPTextConfig, OpenCLIPTextEncoder
 
-VIT_H = OpenCLIPTextConfig(width=1024, layers=24, mlp_width=4096, projection_dim=1024)  # SD 2.x
-BIG_G = OpenCLIPTextConfig(width=1280, layers=32, mlp_width=5120, projection_dim=1280)  # SDXL base and refiner
 # the real files' key names (open_clip's and transformers'), per block and outside the blocks
 OPENCLIP_BLOCK = [f"{module}.{kind}" for module in ("ln_1", "attn.out_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
                   for kind in ("weight", "bias")] + ["attn.in_proj_weight", "attn.in_proj_bias"]

@@ -7,15 +7,10 @@ import warnings
 import pytest
 import torch
 
+from bench.checkpoint import REFINER_UNET as REFINER
+from bench.checkpoint import SD2_UNET as SD2
+from bench.checkpoint import SDXL_UNET as SDXL
 from nodegraph.sd.unet import UNet, UNetConfig
-
-SD2 = UNetConfig(context_dim=1024, linear_projection=True, head_size=64)
-SDXL = UNetConfig(model_channels=320, channel_mult=(1, 2, 4), attention_levels=(1, 2), transformer_depth=2,
-                  context_dim=2048, linear_projection=True, head_size=64, adm_in_channels=2816,
-                  transformer_depth_input=(0, 0, 2, 2, 10, 10), transformer_depth_middle=10,
-                  transformer_depth_output=(10, 10, 10, 2, 2, 2, 0, 0, 0))
-REFINER = UNetConfig(model_channels=384, channel_mult=(1, 2, 4, 4), attention_levels=(1, 2), transformer_depth=4,
-                     context_dim=1280, linear_projection=True, head_size=64, adm_in_channels=2560)
 
 # The UNet sections of the LDM yamls the families ship with (v2-inference.yaml, sd_xl_base.yaml, sd_xl_refiner.yaml).
 COMMON = {"in_channels": 4, "out_channels": 4, "num_res_blocks": 2, "num_head_channels": 64, "use_linear_in_transformer": True}
